@@ -1,0 +1,126 @@
+"""`StormConfig`: one composite config for vision tower, projector, temporal module, reduction and LLM.
+
+Every knob of the paper lives here once (DESIGN.md §1). Paper symbols:
+
+=====================  ======  ==========================================================
+field                  symbol  meaning
+=====================  ======  ==========================================================
+``downsample``         r=d²    side of the space-to-depth window (2 → 4x fewer tokens, Eq. 3)
+``temporal_layers``    L       Mamba blocks in the temporal module (Eq. 5)
+``d_state``            N_ssm   SSM state size per channel (Mamba-1 ``d_state``)
+``temporal_pool``      k       average every k consecutive frames (Eq. 6-7), trained with it
+``spatial_pool``       p       p x p average pooling on each frame's token grid
+``temporal_sampling``  s       keep frames 0, s, 2s, ... at inference only (Eq. 8)
+=====================  ======  ==========================================================
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+from transformers import AutoConfig, PretrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+__all__ = ["StormConfig"]
+
+
+class StormConfig(PretrainedConfig):
+    r"""Configuration of :class:`~storm_vlm.StormForConditionalGeneration`.
+
+    Args:
+        vision_config: any HF vision-tower config (SigLIP first-class; CLIP vision works).
+            Defaults to SigLIP-So400m/14 at 448 px, the paper's encoder (1024 patches per frame).
+        text_config: any HF causal-LM config. Defaults to Qwen2-7B.
+        projector_type: ``"storm"`` = space-to-depth + LayerNorm + one Linear + Mamba blocks (the
+            paper); ``"mlp"`` = space-to-depth + LayerNorm + Linear-GELU-Linear, no Mamba (the
+            paper's VILA baseline).
+        downsample: side of the parameter-free space-to-depth window (2 → 2x2 → 4x fewer tokens).
+        vision_feature_layer: which vision hidden state feeds the projector (VILA/LLaVA use -2).
+        temporal_layers: L, number of pre-norm residual Mamba blocks (ignored by ``"mlp"``).
+        d_state, d_conv, expand, dt_rank: Mamba-1 mixer sizes; ``dt_rank=None`` → ceil(D/16).
+        bidirectional: scan the T·N sequence both ways (the paper); ``False`` gives the causal
+            variant that streaming needs (paper Table 7).
+        temporal_pool: k. spatial_pool: p (a p x p kernel on the token grid).
+        temporal_sampling: s, applied only when the model is not training.
+        vision_chunk_size: frames per vision-tower call, so memory does not grow with T.
+        video_token_id / image_token_id: placeholder ids in the LLM vocabulary; the processor
+            expands one ``<video>`` into as many ids as there are visual tokens after reduction.
+    """
+
+    model_type = "storm"
+
+    sub_configs_defaults: ClassVar[dict[str, SubConfigSpec]] = {
+        "vision_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="siglip_vision_model",
+            init_kwargs={
+                "hidden_size": 1152,
+                "intermediate_size": 4304,
+                "num_hidden_layers": 27,
+                "num_attention_heads": 16,
+                "patch_size": 14,
+                "image_size": 448,
+                "vision_use_head": False,
+            },
+        ),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+    }
+
+    vision_config: dict | PretrainedConfig | None = None
+    text_config: dict | PretrainedConfig | None = None
+    projector_type: str = "storm"
+    downsample: int = 2
+    vision_feature_layer: int = -2
+    temporal_layers: int = 2
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int | None = None
+    bidirectional: bool = True
+    temporal_pool: int = 1
+    spatial_pool: int = 1
+    temporal_sampling: int = 1
+    vision_chunk_size: int = 32
+    video_token_id: int | None = None
+    image_token_id: int | None = None
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.dt_rank is None:
+            self.dt_rank = math.ceil(self.hidden_size / 16)
+        self.validate_storm()
+
+    @property
+    def hidden_size(self) -> int:
+        """D, the LLM width: the projector maps to it and the Mamba blocks run at it."""
+        return self.text_config.hidden_size
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """Patch grid of one frame out of the vision tower, e.g. 448/14 → (32, 32)."""
+        side = self.vision_config.image_size // self.vision_config.patch_size
+        return side, side
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        """Token grid of one frame after space-to-depth, e.g. (32, 32) → (16, 16): N = 256."""
+        h, w = self.patch_grid
+        return -(-h // self.downsample), -(-w // self.downsample)
+
+    def validate_storm(self) -> None:
+        """Reject inconsistent settings with one message naming the field."""
+        if self.projector_type not in ("storm", "mlp"):
+            raise ValueError(f"projector_type must be 'storm' or 'mlp', got {self.projector_type!r}")
+        for name in ("downsample", "temporal_pool", "spatial_pool", "temporal_sampling", "vision_chunk_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("d_state", "d_conv", "expand", "dt_rank"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.temporal_layers, int) or self.temporal_layers < 0:
+            raise ValueError(f"temporal_layers must be an integer >= 0, got {self.temporal_layers!r}")

@@ -1,0 +1,283 @@
+"""STORM: vision tower → projector → temporal Mamba module → token reduction → LLM.
+
+Data flow for a batch of B clips of T frames (paper Fig. 2; DESIGN.md §1)::
+
+    pixel_values_videos (B, T, 3, H, W)
+      → vision tower, per frame, in chunks        (B·T, h·w, C)      h = w = H / patch
+      → space-to-depth r×r + LayerNorm + Linear   (B, T, N, D)       N = ⌈h/r⌉·⌈w/r⌉
+      → L bidirectional Mamba blocks (Eq. 4-5)    (B, T, N, D)
+      → temporal pool k, spatial pool p, sample s (B, T', N', D)     (Eq. 6-8)
+      → spliced into the LLM's input embeddings at the <video> placeholder positions
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationMixin,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from ..configuration_storm import StormConfig
+from .mamba import SSMBranch
+from .projector import Projector
+from .reduction import ReductionSettings, reduce_tokens
+from .temporal import TemporalEncoder
+
+__all__ = ["StormForConditionalGeneration", "StormPreTrainedModel"]
+
+Videos = torch.Tensor | Sequence[torch.Tensor]
+
+
+class StormPreTrainedModel(PreTrainedModel):
+    config: StormConfig
+    config_class = StormConfig
+    base_model_prefix = ""
+    input_modalities = ("video", "image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules: ClassVar[list[str]] = ["TemporalBlock"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, SSMBranch):  # after its Linear children got the generic init
+            module.reset_ssm_parameters()
+
+
+class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
+    """The full STORM model. ``forward`` and ``generate`` take token ids with placeholders and pixels.
+
+    Example::
+
+        from storm_vlm import StormForConditionalGeneration
+        model = StormForConditionalGeneration.from_pretrained("path/to/storm-dir")
+        tokens = model.get_visual_tokens(pixel_values_videos)  # (B, T', N', D)
+    """
+
+    def __init__(
+        self,
+        config: StormConfig,
+        vision_tower: PreTrainedModel | None = None,
+        language_model: PreTrainedModel | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.vision_tower = vision_tower if vision_tower is not None else AutoModel.from_config(config.vision_config)
+        self.projector = Projector(
+            config.vision_config.hidden_size, config.hidden_size, config.downsample, config.projector_type
+        )
+        self.temporal = None
+        if config.projector_type == "storm" and config.temporal_layers > 0:
+            self.temporal = TemporalEncoder(
+                config.hidden_size,
+                config.temporal_layers,
+                d_state=config.d_state,
+                d_conv=config.d_conv,
+                expand=config.expand,
+                dt_rank=config.dt_rank,
+                bidirectional=config.bidirectional,
+            )
+        self.language_model = (
+            language_model if language_model is not None else AutoModelForCausalLM.from_config(config.text_config)
+        )
+        self.post_init()
+
+    # -- embeddings plumbing for HF (resize, tying, generation) ------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    # -- vision path -------------------------------------------------------------------------
+    def reduction_settings(
+        self,
+        temporal_pool: int | None = None,
+        spatial_pool: int | None = None,
+        temporal_sampling: int | None = None,
+    ) -> ReductionSettings:
+        """The settings a call uses: explicit arguments, else the config; no sampling in training."""
+        settings = ReductionSettings(
+            temporal_pool=temporal_pool if temporal_pool is not None else self.config.temporal_pool,
+            spatial_pool=spatial_pool if spatial_pool is not None else self.config.spatial_pool,
+            temporal_sampling=temporal_sampling if temporal_sampling is not None else self.config.temporal_sampling,
+        )
+        return settings.for_training() if self.training else settings
+
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Vision tower on M frames in chunks. ``(M, 3, H, W) → (M, h·w, C)`` patch features."""
+        layer = self.config.vision_feature_layer
+        h, w = self.config.patch_grid
+        outputs = []
+        for chunk in frames.split(self.config.vision_chunk_size):
+            out = self.vision_tower(chunk.to(self.vision_tower.dtype), output_hidden_states=layer != -1)
+            feats = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
+            outputs.append(feats[:, -h * w :])  # drop a CLS token (CLIP); SigLIP has none
+        return torch.cat(outputs)
+
+    def project(self, frames: torch.Tensor) -> torch.Tensor:
+        """Projector + temporal module on one clip batch. ``(B, T, 3, H, W) → (B, T, N, D)``."""
+        batch, num_frames = frames.shape[:2]
+        feats = self.encode_frames(frames.flatten(0, 1))  # (B·T, h·w, C)
+        tokens = self.projector(feats, self.config.patch_grid)  # (B·T, N, D)
+        tokens = tokens.view(batch, num_frames, *tokens.shape[1:])  # (B, T, N, D)
+        return self.temporal(tokens) if self.temporal is not None else tokens
+
+    def get_visual_tokens(
+        self, pixel_values_videos: torch.Tensor, settings: ReductionSettings | None = None
+    ) -> torch.Tensor:
+        """Tokens after the temporal module and reduction. ``(B, T, 3, H, W) → (B, T', N', D)``."""
+        settings = settings if settings is not None else self.reduction_settings()
+        tokens, _ = reduce_tokens(self.project(pixel_values_videos), self.config.token_grid, settings)
+        return tokens
+
+    def _visual_embeddings(self, videos: Videos, settings: ReductionSettings) -> torch.Tensor:
+        """All clips' reduced tokens, flattened in order: ``(Σ T'_i·N', D)``.
+
+        A tensor batch ``(B, T, 3, H, W)`` runs in one pass; a list of ``(T_i, 3, H, W)`` clips of
+        different lengths runs clip by clip (the Mamba scan must not cross clip boundaries).
+        """
+        if isinstance(videos, torch.Tensor):
+            if videos.dim() != 5:
+                raise ValueError(f"pixel_values_videos must be (B, T, 3, H, W), got {tuple(videos.shape)}")
+            return self.get_visual_tokens(videos, settings).flatten(0, 2)
+        return torch.cat([self.get_visual_tokens(clip[None], settings).flatten(0, 2) for clip in videos])
+
+    def _splice(
+        self, embeds: torch.Tensor, input_ids: torch.Tensor, token_id: int | None, visual: torch.Tensor, what: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if token_id is None:
+            raise ValueError(f"config.{what}_token_id is not set: cannot place {what} embeddings")
+        mask = input_ids == token_id
+        n_slots = int(mask.sum())
+        if n_slots != visual.shape[0]:
+            raise ValueError(
+                f"{what}: the prompt has {n_slots} <{what}> placeholder tokens but the {what} input gives "
+                f"{visual.shape[0]} visual tokens; build input_ids with StormProcessor using the same "
+                "reduction settings (temporal_pool, spatial_pool, temporal_sampling) as the model call"
+            )
+        embeds = embeds.masked_scatter(mask.unsqueeze(-1), visual.to(embeds.dtype))
+        return embeds, mask
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values_videos: Videos | None = None,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        temporal_pool: int | None = None,
+        spatial_pool: int | None = None,
+        temporal_sampling: int | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Run the LLM on text embeddings with visual tokens spliced in at the placeholders.
+
+        Args:
+            input_ids: ``(B, S)`` with one ``video_token_id`` per visual token (the processor
+                expands each ``<video>``).
+            pixel_values_videos: ``(B, T, 3, H, W)`` or a list of ``(T_i, 3, H, W)``.
+            pixel_values: images ``(M, 3, H, W)``, each a one-frame clip (paper §4.1).
+            labels: ``(B, S)``; placeholder positions never count in the loss.
+            temporal_pool, spatial_pool, temporal_sampling: per-call override of the config's
+                k, p, s (s is ignored in training mode).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        has_visual = pixel_values_videos is not None or pixel_values is not None
+        if has_visual and input_ids is None:
+            raise ValueError("visual inputs need input_ids to locate the placeholder tokens")
+        settings = self.reduction_settings(temporal_pool, spatial_pool, temporal_sampling)
+        if pixel_values_videos is not None:
+            visual = self._visual_embeddings(pixel_values_videos, settings)
+            inputs_embeds, mask = self._splice(inputs_embeds, input_ids, self.config.video_token_id, visual, "video")
+            labels = labels.masked_fill(mask, -100) if labels is not None else None
+        if pixel_values is not None:
+            visual = self._visual_embeddings(pixel_values.unsqueeze(1), settings)
+            inputs_embeds, mask = self._splice(inputs_embeds, input_ids, self.config.image_token_id, visual, "image")
+            labels = labels.masked_fill(mask, -100) if labels is not None else None
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+    # -- building from pretrained parts ------------------------------------------------------
+    @classmethod
+    def from_parts(
+        cls,
+        vision_path: str | Path,
+        llm_path: str | Path,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        dtype: torch.dtype | str | None = None,
+        **storm_options,
+    ) -> StormForConditionalGeneration:
+        """A STORM model from a pretrained vision tower and LLM in local HF directories.
+
+        ``vision_path`` may hold a vision-only model (``SiglipVisionModel``, ``CLIPVisionModel``)
+        or a dual encoder (``SiglipModel``, ``CLIPModel``), whose vision half is taken.
+        The projector and temporal module start random (paper §4.1); the pretrained weights are
+        kept as loaded. ``tokenizer`` (the LLM's, loaded from ``llm_path`` when not given) gets
+        the ``<video>`` / ``<image>`` placeholders, and the LLM's embeddings grow to hold them.
+        """
+        from ..processing_storm import add_placeholder_tokens
+
+        tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(llm_path)
+        video_token_id, image_token_id = add_placeholder_tokens(tokenizer)
+        vision_config = AutoConfig.from_pretrained(vision_path)
+        vision_config = getattr(vision_config, "vision_config", vision_config)
+        if hasattr(vision_config, "vision_use_head"):
+            vision_config.vision_use_head = False  # SigLIP's pooling head is unused by STORM
+        vision = _vision_model_class(vision_config).from_pretrained(vision_path, config=vision_config, dtype=dtype)
+        llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=dtype)
+        if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
+            llm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+        config = StormConfig(
+            vision_config=vision.config,
+            text_config=llm.config,
+            video_token_id=video_token_id,
+            image_token_id=image_token_id,
+            **storm_options,
+        )
+        model = cls(config, vision_tower=vision, language_model=llm)
+        return model.to(dtype) if dtype is not None else model
+
+
+def _vision_model_class(vision_config) -> type[PreTrainedModel]:
+    """The vision-tower class for a vision sub-config (e.g. SiglipVisionConfig → SiglipVisionModel)."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    try:
+        return MODEL_MAPPING[type(vision_config)]
+    except KeyError as err:
+        raise ValueError(f"no vision model class is registered for {type(vision_config).__name__}") from err

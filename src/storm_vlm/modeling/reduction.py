@@ -1,0 +1,112 @@
+"""Token reduction after the temporal module (paper §3.3-3.4, Eq. 6-8).
+
+All three act on X^(L) ∈ R^{T×N×D}, in this order:
+
+1. temporal average pooling, kernel = stride = k (Eq. 6-7), trained with it;
+2. spatial average pooling, a p×p kernel with stride p on each frame's token grid, trained with it;
+3. test-time temporal sampling: keep frames t = 0, s, 2s, … (Eq. 8), training-free.
+
+Ragged edges (T not a multiple of k, a grid side not a multiple of p) are averaged over the
+frames / tokens the group actually has, never over zero padding, so a constant video stays
+constant. Token counts: T' = ⌈⌈T/k⌉/s⌉, N' = ⌈h/p⌉·⌈w/p⌉ (see :func:`num_visual_tokens`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "ReductionSettings",
+    "num_visual_tokens",
+    "reduce_tokens",
+    "reduced_shape",
+    "spatial_pool",
+    "temporal_pool",
+    "temporal_sample",
+]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class ReductionSettings:
+    """The compression knobs: k (temporal pool), p (spatial pool), s (test-time sampling)."""
+
+    temporal_pool: int = 1  # k
+    spatial_pool: int = 1  # p (kernel side; p=2 → 4x fewer tokens per frame)
+    temporal_sampling: int = 1  # s, inference only
+
+    def __post_init__(self) -> None:
+        for name in ("temporal_pool", "spatial_pool", "temporal_sampling"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+    def for_training(self) -> ReductionSettings:
+        """Sampling is training-free: during training only the pooling applies."""
+        return replace(self, temporal_sampling=1)
+
+    def __str__(self) -> str:
+        return f"k={self.temporal_pool} p={self.spatial_pool} s={self.temporal_sampling}"
+
+
+def temporal_pool(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Average every k consecutive frames. ``(B, T, N, D) → (B, ⌈T/k⌉, N, D)`` (Eq. 6-7)."""
+    if k == 1:
+        return x
+    batch, frames, n_tokens, width = x.shape
+    groups = _ceil_div(frames, k)
+    pad = groups * k - frames
+    sums = F.pad(x, (0, 0, 0, 0, 0, pad)).view(batch, groups, k, n_tokens, width).sum(2)
+    counts = torch.full((groups,), float(k), dtype=x.dtype, device=x.device)
+    counts[-1] = k - pad  # the ragged last group averages over the frames it has
+    return sums / counts[:, None, None]
+
+
+def spatial_pool(x: torch.Tensor, grid: tuple[int, int], p: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """p×p average pooling on each frame's ``grid``. ``(B, T, h·w, D) → (B, T, ⌈h/p⌉·⌈w/p⌉, D)``.
+
+    ``ceil_mode`` with no padding makes PyTorch divide clipped edge windows by their in-bounds
+    size, which is exactly the ragged-edge rule above.
+    """
+    if p == 1:
+        return x, grid
+    batch, frames, _, width = x.shape
+    h, w = grid
+    maps = x.reshape(batch * frames, h, w, width).permute(0, 3, 1, 2)  # (B·T, D, h, w)
+    pooled = F.avg_pool2d(maps, kernel_size=p, stride=p, ceil_mode=True)
+    new_grid = (pooled.shape[-2], pooled.shape[-1])
+    return pooled.permute(0, 2, 3, 1).reshape(batch, frames, -1, width), new_grid
+
+
+def temporal_sample(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Keep frames 0, s, 2s, … ``(B, T, N, D) → (B, ⌈T/s⌉, N, D)`` (Eq. 8)."""
+    return x if s == 1 else x[:, ::s]
+
+
+def reduce_tokens(
+    x: torch.Tensor, grid: tuple[int, int], settings: ReductionSettings
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pool in time, pool in space, then sample. Returns the tokens and their grid."""
+    x = temporal_pool(x, settings.temporal_pool)
+    x, grid = spatial_pool(x, grid, settings.spatial_pool)
+    return temporal_sample(x, settings.temporal_sampling), grid
+
+
+def reduced_shape(num_frames: int, grid: tuple[int, int], settings: ReductionSettings) -> tuple[int, int]:
+    """(T', N') after reduction, without running anything."""
+    frames = _ceil_div(_ceil_div(num_frames, settings.temporal_pool), settings.temporal_sampling)
+    h, w = grid
+    p = settings.spatial_pool
+    return frames, _ceil_div(h, p) * _ceil_div(w, p)
+
+
+def num_visual_tokens(num_frames: int, grid: tuple[int, int], settings: ReductionSettings) -> int:
+    """Visual tokens reaching the LLM for one clip: T'·N'."""
+    frames, per_frame = reduced_shape(num_frames, grid, settings)
+    return frames * per_frame

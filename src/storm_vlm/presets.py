@@ -1,0 +1,145 @@
+"""Model presets that need no download: a tiny random STORM with a working tokenizer.
+
+The tiny preset keeps the real architecture (SigLIP vision tower, Qwen2 LLM, bidirectional
+Mamba module) at toy sizes: 32 px frames, 4 px patches → 8×8 patches → 4×4 = 16 tokens per frame,
+hidden width 64. Its byte-level BPE tokenizer is trained in well under a second on a small corpus
+shipped in this file, so tests and the demo run offline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, Qwen2Config, SiglipImageProcessorPil, SiglipVisionConfig
+
+from .configuration_storm import StormConfig
+from .modeling.modeling_storm import StormForConditionalGeneration
+from .processing_storm import CHATML_TEMPLATE, StormProcessor, add_placeholder_tokens
+
+__all__ = ["PRESETS", "build_preset", "tiny_tokenizer"]
+
+_CORPUS = """\
+What happens in the video? Which object appeared first, and which appeared last?
+How many times did the red square appear? The blue circle moves from left to right.
+A green triangle enters the scene, stops, and then leaves at the top of the frame.
+Answer with the option's letter from the given choices directly. (A) red (B) blue (C) green (D) yellow
+The video shows a person opening a door; after the door opens, a dog runs in.
+Describe the motion over time: up, down, left, right, towards the camera, away from it.
+One frame shows a distinct object. Which one? The needle is a white star in frame twelve.
+The first event is longer than the second. Count the objects. Zero one two three four five six seven eight nine ten.
+"""
+_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def tiny_tokenizer(vocab_size: int = 512, placeholders: bool = True) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (Qwen2-style, ChatML tokens) trained on a built-in corpus.
+
+    ``placeholders=False`` gives a plain LLM tokenizer, as a pretrained LLM ships it.
+    """
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=_SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS.splitlines() * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHATML_TEMPLATE
+    )
+    if placeholders:
+        add_placeholder_tokens(tokenizer)
+    return tokenizer
+
+
+def _round_up(n: int, multiple: int = 64) -> int:
+    return -(-n // multiple) * multiple
+
+
+def tiny_vision_config() -> SiglipVisionConfig:
+    return SiglipVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=4,
+        vision_use_head=False,
+    )
+
+
+def tiny_text_config(vocab_size: int) -> Qwen2Config:
+    return Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+    )
+
+
+def tiny_config(vocab_size: int, video_token_id: int, image_token_id: int, **storm_options) -> StormConfig:
+    """Tiny SigLIP + Qwen2 + 2 Mamba blocks (d_state 8); ``storm_options`` override any field."""
+    options = {"temporal_layers": 2, "d_state": 8, "vision_chunk_size": 64, **storm_options}
+    return StormConfig(
+        vision_config=tiny_vision_config(),
+        text_config=tiny_text_config(_round_up(vocab_size)),
+        video_token_id=video_token_id,
+        image_token_id=image_token_id,
+        **options,
+    )
+
+
+def build_tiny(**storm_options) -> tuple[StormForConditionalGeneration, StormProcessor]:
+    """A tiny random STORM and its processor (seed with ``torch.manual_seed`` first)."""
+    tokenizer = tiny_tokenizer()
+    video_id, image_id = tokenizer.convert_tokens_to_ids(["<video>", "<image>"])
+    config = tiny_config(len(tokenizer), video_id, image_id, **storm_options)
+    model = StormForConditionalGeneration(config).eval()
+    return model, StormProcessor(tokenizer, tiny_image_processor(), config)
+
+
+def tiny_image_processor() -> SiglipImageProcessorPil:
+    return SiglipImageProcessorPil(size={"height": 32, "width": 32})
+
+
+PRESETS = {"tiny": build_tiny}
+
+
+def build_preset(name: str, **storm_options) -> tuple[StormForConditionalGeneration, StormProcessor]:
+    """Build a named preset; raises ``ValueError`` naming the known presets."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name](**storm_options)
+
+
+def save_model_dir(model: StormForConditionalGeneration, processor: StormProcessor, out: str | Path) -> Path:
+    """Write a complete model directory (weights, config, tokenizer, preprocessor) atomically.
+
+    Everything goes to a temporary sibling directory first and is renamed into place, so an
+    interrupted save never leaves a half-written model behind.
+    """
+    import shutil
+    import tempfile
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose a new output directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
