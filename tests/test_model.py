@@ -147,3 +147,84 @@ def test_bad_config_is_rejected():
         StormConfig(projector_type="transformer")
     with pytest.raises(ValueError, match="temporal_pool"):
         StormConfig(temporal_pool=0)
+
+
+def test_vision_chunk_size_does_not_change_tokens(tiny):
+    model, processor = tiny
+    pixels = _inputs(processor, 9)["pixel_values_videos"]
+    with torch.no_grad():
+        whole = model.get_visual_tokens(pixels)
+        model.config.vision_chunk_size = 2
+        try:
+            chunked = model.get_visual_tokens(pixels)
+        finally:
+            model.config.vision_chunk_size = 64
+    torch.testing.assert_close(whole, chunked, rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_grads():
+    torch.manual_seed(0)
+    from storm_vlm.presets import build_tiny
+
+    model, processor = build_tiny()
+    inputs = _inputs(processor, 6, training=True)
+    labels = inputs["input_ids"].clone()
+    model.train()
+    results = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model.zero_grad()
+        loss = model(**inputs, labels=labels).loss
+        loss.backward()
+        results.append((loss.detach(), model.projector.proj.weight.grad.clone()))
+    assert model.temporal.layers[0].gradient_checkpointing
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_forward():
+    torch.manual_seed(0)
+    from storm_vlm.presets import build_tiny
+
+    model, processor = build_tiny()
+    model.to(torch.bfloat16)
+    inputs = _inputs(processor, 4)
+    inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(torch.bfloat16)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+
+
+def test_clip_vision_tower_drops_the_cls_token():
+    from transformers import CLIPVisionConfig, Qwen2Config
+
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=4
+    )
+    text = Qwen2Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    config = StormConfig(vision_config=vision, text_config=text, video_token_id=5, temporal_layers=1, d_state=4)
+    model = StormForConditionalGeneration(config).eval()
+    assert config.patch_grid == (7, 7) and config.token_grid == (4, 4)  # odd grid → zero-padded 2x2
+    with torch.no_grad():
+        tokens = model.get_visual_tokens(torch.randn(1, 3, 3, 28, 28))
+    assert tokens.shape == (1, 3, 16, 32)
+
+
+def test_plain_config_api_forward_and_generate():
+    """The README's 'few lines' path: a tiny StormConfig, placeholder ids by hand, 8/32/128 frames."""
+    config = StormConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        text_config=dict(model_type="qwen2", vocab_size=256, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2),
+        video_token_id=255, temporal_layers=1, temporal_pool=4,
+    )  # fmt: skip
+    model = StormForConditionalGeneration(config).eval()
+    for frames in (8, 32, 128):
+        video = torch.randn(1, frames, 3, 32, 32)
+        n_visual = model.get_visual_tokens(video).shape[1:3].numel()  # T'·N'
+        input_ids = torch.tensor([[1, 2] + [255] * n_visual + [3, 4]])
+        with torch.no_grad():
+            out = model.generate(input_ids=input_ids, pixel_values_videos=video, max_new_tokens=3, do_sample=False)
+        assert n_visual == (frames // 4) * 4 and out.shape[1] == input_ids.shape[1] + 3

@@ -64,7 +64,20 @@ class StormConfig(PretrainedConfig):
                 "vision_use_head": False,
             },
         ),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+        "text_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="qwen2",
+            init_kwargs={  # Qwen2-7B, the language tower of Qwen2-VL-7B (paper §4.1)
+                "hidden_size": 3584,
+                "intermediate_size": 18944,
+                "num_hidden_layers": 28,
+                "num_attention_heads": 28,
+                "num_key_value_heads": 4,
+                "vocab_size": 152064,
+                "max_position_embeddings": 32768,
+                "rope_theta": 1000000.0,
+            },
+        ),
     }
 
     vision_config: dict | PretrainedConfig | None = None

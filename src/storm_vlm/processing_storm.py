@@ -97,13 +97,7 @@ class StormProcessor:
         training: bool = False,
     ) -> ReductionSettings:
         """Explicit k/p/s, else the config's; sampling is dropped for training inputs."""
-        c = self.config
-        settings = ReductionSettings(
-            temporal_pool=temporal_pool if temporal_pool is not None else c.temporal_pool,
-            spatial_pool=spatial_pool if spatial_pool is not None else c.spatial_pool,
-            temporal_sampling=temporal_sampling if temporal_sampling is not None else c.temporal_sampling,
-        )
-        return settings.for_training() if training else settings
+        return ReductionSettings.resolve(self.config, temporal_pool, spatial_pool, temporal_sampling, training)
 
     def num_visual_tokens(self, num_frames: int, settings: ReductionSettings) -> int:
         return num_visual_tokens(num_frames, self.config.token_grid, settings)

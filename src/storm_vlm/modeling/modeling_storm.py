@@ -115,12 +115,7 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         temporal_sampling: int | None = None,
     ) -> ReductionSettings:
         """The settings a call uses: explicit arguments, else the config; no sampling in training."""
-        settings = ReductionSettings(
-            temporal_pool=temporal_pool if temporal_pool is not None else self.config.temporal_pool,
-            spatial_pool=spatial_pool if spatial_pool is not None else self.config.spatial_pool,
-            temporal_sampling=temporal_sampling if temporal_sampling is not None else self.config.temporal_sampling,
-        )
-        return settings.for_training() if self.training else settings
+        return ReductionSettings.resolve(self.config, temporal_pool, spatial_pool, temporal_sampling, self.training)
 
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """Vision tower on M frames in chunks. ``(M, 3, H, W) → (M, h·w, C)`` patch features."""

@@ -47,6 +47,27 @@ class ReductionSettings:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
+    @classmethod
+    def resolve(
+        cls,
+        defaults: object,
+        temporal_pool: int | None = None,
+        spatial_pool: int | None = None,
+        temporal_sampling: int | None = None,
+        training: bool = False,
+    ) -> ReductionSettings:
+        """Explicit values where given, else those of ``defaults`` (a config); no sampling in training."""
+
+        def pick(value: int | None, name: str) -> int:
+            return value if value is not None else getattr(defaults, name)
+
+        settings = cls(
+            pick(temporal_pool, "temporal_pool"),
+            pick(spatial_pool, "spatial_pool"),
+            pick(temporal_sampling, "temporal_sampling"),
+        )
+        return settings.for_training() if training else settings
+
     def for_training(self) -> ReductionSettings:
         """Sampling is training-free: during training only the pooling applies."""
         return replace(self, temporal_sampling=1)
