@@ -45,7 +45,7 @@ def test_init_from_parts_keeps_pretrained_weights_and_runs(parts, tmp_path):
     out = tmp_path / "storm"
     result = runner.invoke(app, ["init", "--vision", str(vision_dir), "--llm", str(llm_dir), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json"):
         assert (out / name).is_file(), name
 
     model = StormForConditionalGeneration.from_pretrained(out).eval()
@@ -91,7 +91,7 @@ def test_init_preset_tiny_and_options(tmp_path):
 def test_bad_init_is_one_clear_line(args, message, tmp_path):
     args = [a.replace("X", str(tmp_path / "out")) for a in args]
     proc = subprocess.run([sys.executable, "-m", "storm_vlm.cli", *args], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "out").exists()  # nothing half-written

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -24,7 +24,10 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 
 class UserError(Exception):
-    """A problem with what the user asked for: printed as one line, exit code 1."""
+    """A problem with what the user asked for: printed as one line, exit code 2."""
+
+
+EXIT_USER_ERROR = 2
 
 
 class Projector(str, Enum):
@@ -51,6 +54,110 @@ def demo(
     from .demo import run_demo
 
     run_demo("tiny", num_frames=frames, question=question, max_new_tokens=max_new_tokens, seed=seed, console=console)
+
+
+@app.command()
+def ask(
+    model_dir: Annotated[Path, typer.Argument(help="STORM model directory (from `storm-vlm init` or training).")],
+    media: Annotated[Path, typer.Argument(help="Video (mp4, webm, mkv, avi, mov, gif, ...) or image file.")],
+    question: Annotated[str, typer.Argument(help="The question to ask.")],
+    frames: Annotated[int | None, typer.Option(min=1, help="Frames sampled uniformly (default 32).")] = None,
+    fps: Annotated[float | None, typer.Option(min=0.001, help="Instead: frames per second of video.")] = None,
+    max_frames: Annotated[int | None, typer.Option(min=1, help="Cap on frames with --fps.")] = None,
+    start: Annotated[float | None, typer.Option(min=0, help="Window start (seconds).")] = None,
+    end: Annotated[float | None, typer.Option(min=0, help="Window end (seconds).")] = None,
+    temporal_pool: Annotated[int | None, typer.Option(min=1, help="k, temporal pooling (model default).")] = None,
+    spatial_pool: Annotated[int | None, typer.Option(min=1, help="p, spatial pooling (model default).")] = None,
+    sample: Annotated[int | None, typer.Option(min=1, help="s, test-time temporal sampling (model default).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, mps (default: cuda if available).")] = None,
+    stats: Annotated[bool, typer.Option(help="Also print frames, visual tokens and time per stage.")] = False,
+) -> None:
+    """Answer a question about a video or image."""
+    import time
+
+    import torch
+
+    from .inference import ask as ask_fn
+    from .inference import load_model
+    from .model_dir import check_model_dir
+    from .video import sample_frames
+
+    if frames is not None and fps is not None:
+        raise UserError("give --frames or --fps, not both")
+    check_model_dir(model_dir)
+    started = time.perf_counter()
+    with _progress("decoding") as update:  # decode first: a bad file fails before the model loads
+        clip = sample_frames(
+            media,
+            num_frames=frames if frames is not None else (None if fps is not None else 32),
+            fps=fps,
+            max_frames=max_frames,
+            start=start,
+            end=end,
+            progress=update,
+        )
+    decode_seconds = time.perf_counter() - started
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, processor = load_model(model_dir, device=device)
+    answer = ask_fn(
+        model,
+        processor,
+        clip,
+        question,
+        temporal_pool=temporal_pool,
+        spatial_pool=spatial_pool,
+        temporal_sampling=sample,
+        max_new_tokens=max_new_tokens,
+    )
+    answer.timings["decode"] = decode_seconds
+    if answer.text:
+        console.print(answer.text, markup=False, highlight=False)
+    else:
+        console.print("[dim](the model produced no text)[/dim]")
+    if stats:
+        _print_stats(answer)
+
+
+@contextmanager
+def _progress(label: str):
+    """A rich progress bar fed by ``update(done, total)``; silent when not on a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress(
+        f"[dim]{label}[/dim]",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _print_stats(answer) -> None:
+    from rich.table import Table
+
+    s = answer.settings
+    table = Table(title="stats", show_header=False)
+    table.add_column(justify="left")
+    table.add_column(justify="right")
+    table.add_row("frames used", str(answer.num_frames))
+    table.add_row("source", f"{answer.source_duration:.2f} s at {answer.source_fps:.2f} fps")
+    table.add_row("reduction", f"k={s.temporal_pool} p={s.spatial_pool} s={s.temporal_sampling}")
+    table.add_row("visual tokens to the LLM", str(answer.visual_tokens))
+    table.add_row("prompt tokens (incl. visual)", str(answer.prompt_tokens))
+    table.add_row("new tokens", str(answer.new_tokens))
+    for stage in ("decode", "preprocess", "vision", "temporal", "prefill", "decoding"):
+        table.add_row(f"time: {stage}", f"{answer.timings.get(stage, 0.0) * 1000:.1f} ms")
+    table.add_row("time: total", f"{sum(answer.timings.values()) * 1000:.1f} ms")
+    console.print(table)
 
 
 @app.command()
@@ -108,19 +215,25 @@ def _from_parts(vision: Path, llm: Path, dtype: Dtype | None, options: dict):
     tokenizer = AutoTokenizer.from_pretrained(llm)
     torch_dtype = getattr(torch, dtype.value) if dtype is not None else None
     model = StormForConditionalGeneration.from_parts(vision, llm, tokenizer=tokenizer, dtype=torch_dtype, **options)
-    processor = StormProcessor(tokenizer, AutoImageProcessor.from_pretrained(vision), model.config)
+    processor = StormProcessor.from_config(AutoImageProcessor.from_pretrained(vision), tokenizer, model.config)
     return model, processor
 
 
 def main() -> None:
-    """Entry point: user errors become one readable line and exit code 1, never a traceback."""
-    logging.getLogger("transformers").setLevel(logging.ERROR)
+    """Entry point: user errors become one readable line and exit code 2, never a traceback."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .model_dir import ModelLoadError
+    from .video import VideoError
+
     try:
         app()
-    except (UserError, ValueError, FileExistsError, FileNotFoundError, OSError) as err:
-        err_console.print(f"[red]error:[/red] {err}")
-        sys.exit(1)
+    except (UserError, VideoError, ModelLoadError, ValueError, OSError) as err:
+        err_console.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
+        sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/red]")
         sys.exit(130)

@@ -137,3 +137,6 @@ class StormConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not isinstance(self.temporal_layers, int) or self.temporal_layers < 0:
             raise ValueError(f"temporal_layers must be an integer >= 0, got {self.temporal_layers!r}")
+
+
+AutoConfig.register(StormConfig.model_type, StormConfig, exist_ok=True)

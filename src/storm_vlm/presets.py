@@ -14,6 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, SiglipImageProcessorPil, SiglipVisionConfig
 
 from .configuration_storm import StormConfig
+from .model_dir import atomic_directory
 from .modeling.modeling_storm import StormForConditionalGeneration
 from .processing_storm import CHATML_TEMPLATE, StormProcessor, add_placeholder_tokens
 
@@ -102,7 +103,7 @@ def build_tiny(**storm_options) -> tuple[StormForConditionalGeneration, StormPro
     video_id, image_id = tokenizer.convert_tokens_to_ids(["<video>", "<image>"])
     config = tiny_config(len(tokenizer), video_id, image_id, **storm_options)
     model = StormForConditionalGeneration(config).eval()
-    return model, StormProcessor(tokenizer, tiny_image_processor(), config)
+    return model, StormProcessor.from_config(tiny_image_processor(), tokenizer, config)
 
 
 def tiny_image_processor() -> SiglipImageProcessorPil:
@@ -120,26 +121,10 @@ def build_preset(name: str, **storm_options) -> tuple[StormForConditionalGenerat
 
 
 def save_model_dir(model: StormForConditionalGeneration, processor: StormProcessor, out: str | Path) -> Path:
-    """Write a complete model directory (weights, config, tokenizer, preprocessor) atomically.
+    """Write a complete model directory (weights, config, tokenizer, processor) atomically."""
 
-    Everything goes to a temporary sibling directory first and is renamed into place, so an
-    interrupted save never leaves a half-written model behind.
-    """
-    import shutil
-    import tempfile
-
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new output directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return atomic_directory(out, write)

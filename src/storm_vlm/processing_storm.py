@@ -1,19 +1,19 @@
 """`StormProcessor`: frames and prompts in, model tensors out.
 
 Processing is kept out of the model (as in transformers' Qwen2-VL): the processor resizes and
-normalises frames with the vision tower's image processor, and expands each ``<video>`` /
-``<image>`` placeholder in the prompt into exactly as many placeholder ids as the model will
-produce visual tokens for that clip under the chosen reduction (k, p, s).
+normalises frames with the vision tower's image processor, applies the tokenizer's chat template,
+and expands each ``<video>`` / ``<image>`` placeholder into exactly as many placeholder ids as the
+model will produce visual tokens for that clip under the chosen reduction (k, p, s):
+``T'·N'`` with ``T' = ⌈⌈T/k⌉/s⌉`` and ``N' = ⌈h/p⌉·⌈w/p⌉`` on the ``token_grid`` (h, w).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
+from transformers import AutoProcessor, BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
 
 from .configuration_storm import StormConfig
 from .modeling.reduction import ReductionSettings, num_visual_tokens
@@ -38,7 +38,7 @@ PLAIN_TEMPLATE = (
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 
-Frames = np.ndarray | torch.Tensor  # (T, H, W, 3) uint8
+Frames = np.ndarray | torch.Tensor  # (T, H, W, 3) uint8, or (H, W, 3) for one image
 
 
 def add_placeholder_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
@@ -53,40 +53,56 @@ def add_placeholder_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int
     return tokenizer.convert_tokens_to_ids(VIDEO_TOKEN), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
 
-class StormProcessor:
-    """Tokenizer + image processor + the model config that fixes the token grid and defaults.
+class StormProcessor(ProcessorMixin):
+    """Image processor + tokenizer + the token accounting that ties them to the model.
 
     Args:
+        image_processor: the vision tower's image processor (e.g. SigLIP, 448 px).
         tokenizer: the LLM tokenizer with ``<video>`` / ``<image>`` added.
-        image_processor: the vision tower's image processor (resize + normalise).
-        config: the model's :class:`StormConfig` (token grid, default k/p/s).
+        token_grid: ``(h, w)`` tokens per frame after the projector (``StormConfig.token_grid``).
+        temporal_pool, spatial_pool, temporal_sampling: default k, p, s (the model's defaults).
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, image_processor, config: StormConfig) -> None:
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
-        self.config = config
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        token_grid: Sequence[int] = (16, 16),
+        temporal_pool: int = 1,
+        spatial_pool: int = 1,
+        temporal_sampling: int = 1,
+        chat_template: str | None = None,
+        **kwargs,
+    ) -> None:
+        self.token_grid = tuple(int(x) for x in token_grid)
+        self.temporal_pool = temporal_pool
+        self.spatial_pool = spatial_pool
+        self.temporal_sampling = temporal_sampling
+        if chat_template is None and tokenizer is not None:
+            chat_template = tokenizer.chat_template
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
         self.video_token_id = tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        if self.video_token_id != config.video_token_id or self.image_token_id != config.image_token_id:
-            raise ValueError(
-                f"tokenizer placeholder ids (video {self.video_token_id}, image {self.image_token_id}) do not match "
-                f"the model config (video {config.video_token_id}, image {config.image_token_id})"
-            )
+        if self.video_token_id == tokenizer.unk_token_id or self.video_token_id is None:
+            raise ValueError("the tokenizer has no <video> token; call add_placeholder_tokens(tokenizer) first")
 
-    # -- files -------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> StormProcessor:
-        """Load from a STORM model directory (config.json + tokenizer + preprocessor files)."""
-        return cls(
-            AutoTokenizer.from_pretrained(path),
-            AutoImageProcessor.from_pretrained(path),
-            StormConfig.from_pretrained(path),
+    def from_config(cls, image_processor, tokenizer: PreTrainedTokenizerBase, config: StormConfig) -> StormProcessor:
+        """A processor matching a model config (grid, default k/p/s, placeholder ids checked)."""
+        processor = cls(
+            image_processor,
+            tokenizer,
+            token_grid=config.token_grid,
+            temporal_pool=config.temporal_pool,
+            spatial_pool=config.spatial_pool,
+            temporal_sampling=config.temporal_sampling,
         )
-
-    def save_pretrained(self, path: str | Path) -> None:
-        self.tokenizer.save_pretrained(path)
-        self.image_processor.save_pretrained(path)
+        if (processor.video_token_id, processor.image_token_id) != (config.video_token_id, config.image_token_id):
+            raise ValueError(
+                f"tokenizer placeholder ids (video {processor.video_token_id}, image {processor.image_token_id}) "
+                f"do not match the model config (video {config.video_token_id}, image {config.image_token_id})"
+            )
+        return processor
 
     # -- settings ----------------------------------------------------------------------------
     def reduction_settings(
@@ -96,11 +112,11 @@ class StormProcessor:
         temporal_sampling: int | None = None,
         training: bool = False,
     ) -> ReductionSettings:
-        """Explicit k/p/s, else the config's; sampling is dropped for training inputs."""
-        return ReductionSettings.resolve(self.config, temporal_pool, spatial_pool, temporal_sampling, training)
+        """Explicit k/p/s, else this processor's defaults; sampling is dropped for training inputs."""
+        return ReductionSettings.resolve(self, temporal_pool, spatial_pool, temporal_sampling, training)
 
-    def num_visual_tokens(self, num_frames: int, settings: ReductionSettings) -> int:
-        return num_visual_tokens(num_frames, self.config.token_grid, settings)
+    def num_visual_tokens(self, num_frames: int, settings: ReductionSettings | None = None) -> int:
+        return num_visual_tokens(num_frames, self.token_grid, settings or self.reduction_settings())
 
     # -- pixels ------------------------------------------------------------------------------
     def preprocess_frames(self, frames: Frames) -> torch.Tensor:
@@ -110,12 +126,11 @@ class StormProcessor:
             array = array[None]
         if array.ndim != 4 or array.shape[-1] != 3 or array.shape[0] == 0:
             raise ValueError(f"frames must be a non-empty (T, H, W, 3) array, got shape {array.shape}")
-        out = self.image_processor(images=list(array), return_tensors="pt")
-        return out["pixel_values"]
+        return self.image_processor(images=list(array), return_tensors="pt")["pixel_values"]
 
-    # -- prompts -----------------------------------------------------------------------------
+    # -- text --------------------------------------------------------------------------------
     def build_prompt(self, question: str, media: str | None = "video") -> str:
-        """One user turn (with the media placeholder first) and the assistant prefix."""
+        """One user turn (media placeholder first, as in LLaVA) and the assistant prefix."""
         placeholder = {"video": VIDEO_TOKEN + "\n", "image": IMAGE_TOKEN + "\n", None: ""}[media]
         messages = [{"role": "user", "content": placeholder + question}]
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -130,6 +145,33 @@ class StormProcessor:
             text = pieces[0] + "".join(token * n + rest for n, rest in zip(counts, pieces[1:]))
         return text
 
+    def tokenize(
+        self,
+        text: str | Sequence[str],
+        video_lengths: Sequence[int] = (),
+        num_images: int = 0,
+        settings: ReductionSettings | None = None,
+        padding_side: str = "left",
+    ) -> dict[str, torch.Tensor]:
+        """Token ids with placeholders expanded for clips of ``video_lengths`` frames (in
+        placeholder order across the batch) and ``num_images`` images. No pixels needed."""
+        texts = [text] if isinstance(text, str) else list(text)
+        settings = settings or self.reduction_settings()
+        video_counts = [self.num_visual_tokens(t, settings) for t in video_lengths]
+        image_count = self.num_visual_tokens(1, settings)
+        expanded, vi, ii = [], 0, 0
+        for t in texts:
+            nv, ni = t.count(VIDEO_TOKEN), t.count(IMAGE_TOKEN)
+            expanded.append(self.expand_placeholders(t, video_counts[vi : vi + nv], [image_count] * ni))
+            vi, ii = vi + nv, ii + ni
+        if vi != len(video_counts) or ii != num_images:
+            raise ValueError(
+                f"the prompts have {vi} {VIDEO_TOKEN} and {ii} {IMAGE_TOKEN} placeholders "
+                f"but {len(video_counts)} videos and {num_images} images were given"
+            )
+        self.tokenizer.padding_side = padding_side
+        return dict(self.tokenizer(expanded, padding=True, return_tensors="pt"))
+
     def __call__(
         self,
         text: str | Sequence[str],
@@ -141,32 +183,16 @@ class StormProcessor:
         training: bool = False,
         padding_side: str = "left",
     ) -> BatchFeature:
-        """Tokenise prompts and preprocess media, in the order their placeholders appear.
+        """Tokenise prompts and preprocess media, given in the order their placeholders appear.
 
         Returns ``input_ids``, ``attention_mask`` and, when given, ``pixel_values_videos``
-        (a ``(B, T, 3, S, S)`` tensor when all clips have the same length, else a list) and
-        ``pixel_values`` ``(M, 3, S, S)``.
+        (``(B, T, 3, S, S)`` when all clips have the same length, else a list of ``(T_i, 3, S, S)``)
+        and ``pixel_values`` ``(M, 3, S, S)``.
         """
-        texts = [text] if isinstance(text, str) else list(text)
         settings = self.reduction_settings(temporal_pool, spatial_pool, temporal_sampling, training)
         clips = [self.preprocess_frames(v) for v in videos or []]
         pics = [self.preprocess_frames(im)[0] for im in images or []]
-        video_counts = [self.num_visual_tokens(c.shape[0], settings) for c in clips]
-        image_counts = [self.num_visual_tokens(1, settings)] * len(pics)
-
-        # Distribute the media over the prompts in placeholder order.
-        expanded, vi, ii = [], 0, 0
-        for t in texts:
-            nv, ni = t.count(VIDEO_TOKEN), t.count(IMAGE_TOKEN)
-            expanded.append(self.expand_placeholders(t, video_counts[vi : vi + nv], image_counts[ii : ii + ni]))
-            vi, ii = vi + nv, ii + ni
-        if vi != len(clips) or ii != len(pics):
-            raise ValueError(
-                f"the prompts have {vi} {VIDEO_TOKEN} and {ii} {IMAGE_TOKEN} placeholders "
-                f"but {len(clips)} videos and {len(pics)} images were given"
-            )
-        self.tokenizer.padding_side = padding_side
-        data = dict(self.tokenizer(expanded, padding=True, return_tensors="pt"))
+        data = self.tokenize(text, [c.shape[0] for c in clips], len(pics), settings, padding_side)
         if clips:
             same = len({c.shape for c in clips}) == 1
             data["pixel_values_videos"] = torch.stack(clips) if same else clips
@@ -179,3 +205,6 @@ class StormProcessor:
 
     def decode(self, ids: torch.Tensor, **kwargs) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True, **kwargs)
+
+
+AutoProcessor.register(StormConfig, StormProcessor, exist_ok=True)

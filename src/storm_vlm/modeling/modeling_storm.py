@@ -22,6 +22,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForImageTextToText,
     AutoTokenizer,
     GenerationMixin,
     PreTrainedModel,
@@ -128,12 +129,15 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
             outputs.append(feats[:, -h * w :])  # drop a CLS token (CLIP); SigLIP has none
         return torch.cat(outputs)
 
-    def project(self, frames: torch.Tensor) -> torch.Tensor:
-        """Projector + temporal module on one clip batch. ``(B, T, 3, H, W) → (B, T, N, D)``."""
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """Vision tower + projector, per frame. ``(B, T, 3, H, W) → (B, T, N, D)``."""
         batch, num_frames = frames.shape[:2]
         feats = self.encode_frames(frames.flatten(0, 1))  # (B·T, h·w, C)
         tokens = self.projector(feats, self.config.patch_grid)  # (B·T, N, D)
-        tokens = tokens.view(batch, num_frames, *tokens.shape[1:])  # (B, T, N, D)
+        return tokens.view(batch, num_frames, *tokens.shape[1:])
+
+    def apply_temporal(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The temporal Mamba module (identity for the ``mlp`` baseline). ``(B, T, N, D)`` in and out."""
         return self.temporal(tokens) if self.temporal is not None else tokens
 
     def get_visual_tokens(
@@ -141,7 +145,8 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
     ) -> torch.Tensor:
         """Tokens after the temporal module and reduction. ``(B, T, 3, H, W) → (B, T', N', D)``."""
         settings = settings if settings is not None else self.reduction_settings()
-        tokens, _ = reduce_tokens(self.project(pixel_values_videos), self.config.token_grid, settings)
+        tokens = self.apply_temporal(self.encode_video(pixel_values_videos))
+        tokens, _ = reduce_tokens(tokens, self.config.token_grid, settings)
         return tokens
 
     def _visual_embeddings(self, videos: Videos, settings: ReductionSettings) -> torch.Tensor:
@@ -172,6 +177,32 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         embeds = embeds.masked_scatter(mask.unsqueeze(-1), visual.to(embeds.dtype))
         return embeds, mask
 
+    def embed_inputs(
+        self,
+        input_ids: torch.LongTensor,
+        video_embeds: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text embeddings with visual tokens written at the placeholder positions.
+
+        Args:
+            input_ids: ``(B, S)``.
+            video_embeds, image_embeds: ``(Σ T'·N', D)`` reduced visual tokens of all clips /
+                images, in placeholder order.
+
+        Returns:
+            ``inputs_embeds`` ``(B, S, D)`` and the ``(B, S)`` mask of visual positions.
+        """
+        embeds = self.get_input_embeddings()(input_ids)
+        visual_mask = torch.zeros_like(input_ids, dtype=torch.bool)
+        if video_embeds is not None:
+            embeds, mask = self._splice(embeds, input_ids, self.config.video_token_id, video_embeds, "video")
+            visual_mask |= mask
+        if image_embeds is not None:
+            embeds, mask = self._splice(embeds, input_ids, self.config.image_token_id, image_embeds, "image")
+            visual_mask |= mask
+        return embeds, visual_mask
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -197,25 +228,21 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
             pixel_values_videos: ``(B, T, 3, H, W)`` or a list of ``(T_i, 3, H, W)``.
             pixel_values: images ``(M, 3, H, W)``, each a one-frame clip (paper §4.1).
             labels: ``(B, S)``; placeholder positions never count in the loss.
+            inputs_embeds: instead of ids and pixels, ready embeddings (see :meth:`embed_inputs`).
             temporal_pool, spatial_pool, temporal_sampling: per-call override of the config's
                 k, p, s (s is ignored in training mode).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-        has_visual = pixel_values_videos is not None or pixel_values is not None
-        if has_visual and input_ids is None:
-            raise ValueError("visual inputs need input_ids to locate the placeholder tokens")
-        settings = self.reduction_settings(temporal_pool, spatial_pool, temporal_sampling)
-        if pixel_values_videos is not None:
-            visual = self._visual_embeddings(pixel_values_videos, settings)
-            inputs_embeds, mask = self._splice(inputs_embeds, input_ids, self.config.video_token_id, visual, "video")
-            labels = labels.masked_fill(mask, -100) if labels is not None else None
-        if pixel_values is not None:
-            visual = self._visual_embeddings(pixel_values.unsqueeze(1), settings)
-            inputs_embeds, mask = self._splice(inputs_embeds, input_ids, self.config.image_token_id, visual, "image")
-            labels = labels.masked_fill(mask, -100) if labels is not None else None
+            settings = self.reduction_settings(temporal_pool, spatial_pool, temporal_sampling)
+            videos = self._visual_embeddings(pixel_values_videos, settings) if pixel_values_videos is not None else None
+            images = self._visual_embeddings(pixel_values.unsqueeze(1), settings) if pixel_values is not None else None
+            inputs_embeds, visual_mask = self.embed_inputs(input_ids, videos, images)
+            if labels is not None:
+                labels = labels.masked_fill(visual_mask, -100)
+        elif pixel_values_videos is not None or pixel_values is not None:
+            raise ValueError("pixel inputs need input_ids to locate the placeholder tokens, not inputs_embeds")
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -276,3 +303,7 @@ def _vision_model_class(vision_config) -> type[PreTrainedModel]:
         return MODEL_MAPPING[type(vision_config)]
     except KeyError as err:
         raise ValueError(f"no vision model class is registered for {type(vision_config).__name__}") from err
+
+
+AutoModel.register(StormConfig, StormForConditionalGeneration, exist_ok=True)
+AutoModelForImageTextToText.register(StormConfig, StormForConditionalGeneration, exist_ok=True)

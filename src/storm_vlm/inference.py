@@ -1,0 +1,186 @@
+"""Ask a question about a video or image file: the Python API behind `storm-vlm ask`.
+
+    from storm_vlm.inference import load_model, ask
+    model, processor = load_model("runs/tiny")
+    answer = ask(model, processor, "clip.mp4", "What happens first?", num_frames=32, temporal_pool=4)
+    print(answer.text, answer.visual_tokens, answer.timings)
+
+The pipeline runs its stages one by one so each can be timed: decode → preprocess → vision
+(tower + projector) → temporal (Mamba + reduction) → LLM prefill → decoding.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers.generation.streamers import BaseStreamer
+
+from .model_dir import ModelLoadError, check_model_dir
+from .modeling.modeling_storm import StormForConditionalGeneration
+from .modeling.reduction import ReductionSettings, reduce_tokens
+from .processing_storm import StormProcessor
+from .video import Progress, VideoClip, sample_frames
+
+__all__ = ["Answer", "StageTimer", "ask", "load_model"]
+
+
+@dataclass
+class Answer:
+    """What `ask` returns: the text and the accounting of how it was produced."""
+
+    text: str
+    num_frames: int
+    visual_tokens: int
+    prompt_tokens: int
+    new_tokens: int
+    settings: ReductionSettings
+    timings: dict[str, float] = field(default_factory=dict)
+    timestamps: list[float] = field(default_factory=list)
+    source_fps: float = 0.0
+    source_duration: float = 0.0
+
+
+class StageTimer:
+    """Wall-clock time per named stage; synchronises CUDA so GPU work is counted where it runs."""
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.device = device
+        self.timings: dict[str, float] = {}
+
+    def _sync(self) -> None:
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self._sync()
+        start = time.perf_counter()
+        yield
+        self._sync()
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+
+class _FirstTokenClock(BaseStreamer):
+    """Records when generate emits its first new token (the end of prefill)."""
+
+    def __init__(self, timer: StageTimer) -> None:
+        self.timer = timer
+        self.calls = 0
+        self.first_token_at: float | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        self.calls += 1
+        if self.calls == 2:  # call 1 is the prompt, call 2 the first generated token
+            self.timer._sync()
+            self.first_token_at = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def load_model(
+    model_dir: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> tuple[StormForConditionalGeneration, StormProcessor]:
+    """Load a STORM model directory (weights, config, tokenizer, processor) for inference."""
+    path = check_model_dir(model_dir)
+    try:
+        model = StormForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        processor = StormProcessor.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{path}: cannot load the model ({str(err).splitlines()[0]})") from None
+    if device is not None:
+        model.to(device)
+    return model.eval(), processor
+
+
+def ask(
+    model: StormForConditionalGeneration,
+    processor: StormProcessor,
+    media: str | Path | VideoClip,
+    question: str,
+    num_frames: int | None = 32,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    temporal_pool: int | None = None,
+    spatial_pool: int | None = None,
+    temporal_sampling: int | None = None,
+    max_new_tokens: int = 128,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    progress: Progress | None = None,
+) -> Answer:
+    """Answer ``question`` about a video/image file (or an already decoded :class:`VideoClip`).
+
+    Frames: ``num_frames`` uniformly (default 32, the paper's SFT setting), or ``fps`` with a
+    ``max_frames`` cap. Reduction: the model config's k/p/s unless overridden.
+    """
+    device = model.device
+    timer = StageTimer(device)
+    settings = model.reduction_settings(temporal_pool, spatial_pool, temporal_sampling)
+
+    with timer.stage("decode"):
+        if isinstance(media, VideoClip):
+            clip = media
+        else:
+            frames_arg = None if fps is not None else num_frames
+            clip = sample_frames(
+                media, num_frames=frames_arg, fps=fps, max_frames=max_frames, start=start, end=end, progress=progress
+            )
+    is_image = clip.is_image
+    with timer.stage("preprocess"):
+        pixels = processor.preprocess_frames(clip.frames).to(device=device, dtype=model.dtype)
+    with torch.inference_mode():
+        with timer.stage("vision"):
+            tokens = model.encode_video(pixels[None])  # (1, T, N, D)
+        with timer.stage("temporal"):
+            tokens = model.apply_temporal(tokens)
+            tokens, _ = reduce_tokens(tokens, model.config.token_grid, settings)  # (1, T', N', D)
+        visual = tokens.flatten(0, 2)
+        prompt = processor.build_prompt(question, media="image" if is_image else "video")
+        if is_image:
+            ids = processor.tokenize(prompt, num_images=1, settings=settings)
+            embeds, _ = model.embed_inputs(ids["input_ids"].to(device), image_embeds=visual)
+        else:
+            ids = processor.tokenize(prompt, [len(clip)], settings=settings)
+            embeds, _ = model.embed_inputs(ids["input_ids"].to(device), video_embeds=visual)
+        clock = _FirstTokenClock(timer)
+        gen_kwargs = dict(do_sample=do_sample)
+        if do_sample:
+            gen_kwargs.update(temperature=temperature, top_p=top_p)
+        timer._sync()
+        started = time.perf_counter()
+        out = model.generate(
+            inputs_embeds=embeds,
+            attention_mask=ids["attention_mask"].to(device),
+            max_new_tokens=max_new_tokens,
+            streamer=clock,
+            pad_token_id=processor.tokenizer.pad_token_id,
+            **gen_kwargs,
+        )
+        timer._sync()
+        finished = time.perf_counter()
+    first = clock.first_token_at if clock.first_token_at is not None else finished
+    timer.timings["prefill"] = first - started
+    timer.timings["decoding"] = finished - first
+    new_tokens = out[0]
+    return Answer(
+        text=processor.decode(new_tokens).strip(),
+        num_frames=len(clip),
+        visual_tokens=int(visual.shape[0]),
+        prompt_tokens=int(ids["input_ids"].shape[1]),
+        new_tokens=int(new_tokens.shape[0]),
+        settings=settings,
+        timings=timer.timings,
+        timestamps=[float(t) for t in np.asarray(clip.timestamps)],
+        source_fps=clip.fps,
+        source_duration=clip.duration,
+    )

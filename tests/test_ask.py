@@ -1,0 +1,94 @@
+"""`storm-vlm ask` end to end on encoded files, and its one-line errors (exit status 2)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from storm_vlm.cli import app
+from storm_vlm.inference import ask, load_model
+
+from .media import make
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    result = runner.invoke(app, ["init", "--preset", "tiny", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clips")
+    return {
+        "720p": make(d / "hd.mp4", num_frames=50, height=720, width=1280, fps=25),  # H.264 with B-frames
+        "qcif": make(d / "qcif.mp4", num_frames=60, height=144, width=176, fps=29.97),
+    }
+
+
+@pytest.mark.parametrize(
+    ("clip", "args", "frames", "tokens"),
+    [
+        ("720p", [], 32, 32 * 16),
+        ("720p", ["--frames", "32", "--temporal-pool", "4"], 32, 8 * 16),
+        ("qcif", ["--frames", "32", "--temporal-pool", "4", "--sample", "2"], 32, 4 * 16),
+        ("qcif", ["--frames", "32", "--temporal-pool", "4", "--sample", "2", "--spatial-pool", "2"], 32, 4 * 4),
+        ("qcif", ["--fps", "10", "--max-frames", "12"], 12, 12 * 16),
+    ],
+)
+def test_ask_answers_with_stats(model_dir, clips, clip, args, frames, tokens):
+    cmd = ["ask", str(model_dir), str(clips[clip]), "What happens?", "--max-new-tokens", "4", "--stats", *args]
+    result = runner.invoke(app, cmd)
+    assert result.exit_code == 0, result.output
+    assert re.search(rf"frames used\s*│\s*{frames}\s*│", result.output)
+    assert re.search(rf"visual tokens to the LLM\s*│\s*{tokens}\s*│", result.output)
+    for stage in ("decode", "vision", "temporal", "prefill", "decoding"):
+        assert f"time: {stage}" in result.output
+
+
+def test_python_api_matches_the_model_forward(model_dir, clips):
+    import torch
+
+    model, processor = load_model(model_dir)
+    answer = ask(model, processor, clips["qcif"], "Q?", num_frames=8, temporal_pool=4, max_new_tokens=3)
+    assert answer.num_frames == 8 and answer.visual_tokens == 2 * 16 and answer.new_tokens <= 3
+    assert set(answer.timings) == {"decode", "preprocess", "vision", "temporal", "prefill", "decoding"}
+    # the staged pipeline generates what model.generate does from processor outputs
+    from storm_vlm.video import sample_frames
+
+    clip = sample_frames(clips["qcif"], num_frames=8)
+    inputs = processor(processor.build_prompt("Q?"), videos=[clip.frames], temporal_pool=4)
+    with torch.inference_mode():
+        out = model.generate(**inputs, temporal_pool=4, max_new_tokens=3, do_sample=False)
+    assert processor.decode(out[0, inputs["input_ids"].shape[1] :]).strip() == answer.text
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "storm_vlm.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_bad_inputs_exit_2_with_one_line(model_dir, clips, tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    cases = [
+        (["ask", str(model_dir), str(tmp_path / "nope.mp4"), "Q"], "no such file"),
+        (["ask", str(model_dir), str(text), "Q"], "not a video"),
+        (["ask", str(model_dir), str(empty), "Q"], "empty"),
+        (["ask", str(tmp_path), str(clips["qcif"]), "Q"], "no config.json"),
+        (["ask", str(model_dir), str(clips["qcif"]), "Q", "--frames", "4", "--fps", "2"], "not both"),
+    ]
+    for args, message in cases:
+        proc = _run(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
