@@ -102,9 +102,8 @@ def main() -> None:
     t_s2, t_f2, same_short = measure("short (10 s, a single keyframe)", short_path, args.frames)
     slowdown = t_s2 / t_f2 - 1
     print()
-    print(
-        f"long video:  {speedup:.1f}x faster than a full decode   (target >= 10x: {'met' if speedup >= 10 else 'NOT met'})"
-    )
+    verdict = "met" if speedup >= 10 else "NOT met"
+    print(f"long video:  {speedup:.1f}x faster than a full decode   (target >= 10x: {verdict})")
     print(
         f"short clip:  {100 * slowdown:+.1f}% vs one full decode pass (target <= +10%: "
         f"{'met' if slowdown <= 0.10 else 'NOT met'})"
