@@ -20,14 +20,23 @@ The scan here is the slow, obvious reference; every fast path must equal it (tes
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-__all__ = ["MambaMixer", "SSMBranch", "selective_scan_fn", "selective_scan_ref"]
+from . import scan_cpu
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BranchState", "MambaMixer", "SSMBranch", "scan_backend", "selective_scan_fn", "selective_scan_ref"]
 
 
 def _per_step(M: torch.Tensor, batch: int, dim: int) -> list[torch.Tensor] | None:
@@ -40,12 +49,12 @@ def _per_step(M: torch.Tensor, batch: int, dim: int) -> list[torch.Tensor] | Non
     if M.dim() == 2:
         return None
     if M.dim() == 3:  # (B, N, L) → L x (B, 1, N)
-        return [m.unsqueeze(1) for m in M.float().unbind(-1)]
+        return [m.unsqueeze(1) for m in M.unbind(-1)]
     if M.dim() == 4:  # (B, G, N, L) → L x (B, E, N)
         groups = M.shape[1]
         if dim % groups:
             raise ValueError(f"d_inner={dim} is not divisible by the {groups} groups of B/C")
-        return [m.repeat_interleave(dim // groups, dim=1) for m in M.float().unbind(-1)]
+        return [m.repeat_interleave(dim // groups, dim=1) for m in M.unbind(-1)]
     raise ValueError(f"B and C must have 2, 3 or 4 dimensions, got shape {tuple(M.shape)}")
 
 
@@ -71,7 +80,8 @@ def selective_scan_ref(
 
     Returns:
         y ``(B, E, L)`` in ``u``'s dtype, and the last state ``(B, E, N)`` in fp32 when
-        ``return_last_state``. Everything is computed in fp32, like the CUDA kernel.
+        ``return_last_state``. Everything is computed in fp32, like the CUDA kernel (in fp64 when
+        the inputs are fp64, which makes this function its own high-precision reference).
 
     The loop iterates with ``unbind`` so that autograd keeps one small node per step; indexing
     ``x[:, t]`` instead makes the backward quadratic in L (each step's gradient is a full-size
@@ -80,22 +90,23 @@ def selective_scan_ref(
     if A.is_complex():
         raise NotImplementedError("complex A is not supported (Mamba-1 real-valued S4D only)")
     dtype_in = u.dtype
+    wide = torch.promote_types(dtype_in, torch.float32)  # fp32, or fp64 for an fp64 reference
     batch, dim, _length = u.shape
-    u = u.float()
-    delta = delta.float()
+    u = u.to(wide)
+    delta = delta.to(wide)
     if delta_bias is not None:
-        delta = delta + delta_bias[..., None].float()
+        delta = delta + delta_bias[..., None].to(wide)
     if delta_softplus:
         delta = F.softplus(delta)
-    A = A.float()
+    A = A.to(wide)
 
     if initial_state is None:
         x = u.new_zeros(batch, dim, A.shape[1])
     else:
-        x = initial_state.float()
-    Bs, Cs = _per_step(B, batch, dim), _per_step(C, batch, dim)
-    B_const = B.float().unsqueeze(0) if Bs is None else None  # (1, E, N)
-    C_const = C.float().unsqueeze(0) if Cs is None else None
+        x = initial_state.to(wide)
+    Bs, Cs = _per_step(B.to(wide), batch, dim), _per_step(C.to(wide), batch, dim)
+    B_const = B.to(wide).unsqueeze(0) if Bs is None else None  # (1, E, N)
+    C_const = C.to(wide).unsqueeze(0) if Cs is None else None
 
     ys = []
     for t, (u_t, delta_t) in enumerate(zip(u.unbind(-1), delta.unbind(-1))):
@@ -106,11 +117,61 @@ def selective_scan_ref(
         ys.append((x * C_t).sum(-1))  # y_t = C_t h_t   (B, E)
     y = torch.stack(ys, dim=-1) if ys else u.new_zeros(batch, dim, 0)
 
-    out = y if D is None else y + u * D.float()[:, None]
+    out = y if D is None else y + u * D.to(wide)[:, None]
     if z is not None:
-        out = out * F.silu(z.float())
+        out = out * F.silu(z.to(wide))
     out = out.to(dtype_in)
     return (out, x) if return_last_state else out
+
+
+SCAN_BACKENDS = ("auto", "reference", "cpu", "mamba_ssm")
+_logged: set[tuple[str, str]] = set()
+
+
+@functools.cache
+def _mamba_ssm_scan() -> Callable | None:
+    """mamba_ssm's CUDA ``selective_scan_fn`` if the package is installed (``storm-vlm[cuda]``)."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as kernel
+    except Exception:  # ImportError, or a build that does not match this torch/CUDA
+        return None
+    return kernel
+
+
+@functools.cache
+def _causal_conv1d_kernel() -> Callable | None:
+    """causal_conv1d's CUDA kernel if installed."""
+    try:
+        from causal_conv1d import causal_conv1d_fn as kernel
+    except Exception:
+        return None
+    return kernel
+
+
+def scan_backend(u: torch.Tensor, B: torch.Tensor, C: torch.Tensor, initial_state: torch.Tensor | None) -> str:
+    """The one place that decides which selective scan runs (override: ``STORM_SCAN_BACKEND``).
+
+    CUDA: mamba_ssm's kernel when installed and no initial state is passed (it cannot take one),
+    else the reference. CPU: the fused numba kernel for input-dependent B/C, else the reference.
+    """
+    forced = os.environ.get("STORM_SCAN_BACKEND", "auto")
+    if forced not in SCAN_BACKENDS:
+        raise ValueError(f"STORM_SCAN_BACKEND={forced!r}; expected one of {', '.join(SCAN_BACKENDS)}")
+    if forced != "auto":
+        return forced
+    variable_bc = B.dim() >= 3 and C.dim() >= 3
+    if u.device.type == "cuda":
+        return "mamba_ssm" if initial_state is None and _mamba_ssm_scan() is not None else "reference"
+    if u.device.type == "cpu" and variable_bc and scan_cpu.is_available():
+        return "cpu"
+    return "reference"
+
+
+def _log_once(backend: str, device: torch.device) -> None:
+    key = (backend, device.type)
+    if key not in _logged:
+        _logged.add(key)
+        logger.info("selective scan on %s: %s", device.type, backend)
 
 
 def selective_scan_fn(
@@ -126,24 +187,56 @@ def selective_scan_fn(
     return_last_state: bool = False,
     initial_state: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """The selective scan the model calls: the one place that picks an implementation.
+    """The selective scan the model calls; :func:`scan_backend` picks the implementation.
 
-    Today this is the reference for every device; fast CPU and GPU kernels plug in here and are
-    tested for equality against :func:`selective_scan_ref`.
+    Every implementation has :func:`selective_scan_ref`'s signature and semantics and is tested
+    for equality against it.
     """
-    return selective_scan_ref(
-        u,
-        delta,
-        A,
-        B,
-        C,
-        D=D,
-        z=z,
-        delta_bias=delta_bias,
-        delta_softplus=delta_softplus,
-        return_last_state=return_last_state,
-        initial_state=initial_state,
-    )
+    backend = scan_backend(u, B, C, initial_state)
+    _log_once(backend, u.device)
+    kwargs = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, return_last_state=return_last_state)
+    if backend == "cpu":
+        return scan_cpu.selective_scan_cpu(u, delta, A, B, C, initial_state=initial_state, **kwargs)
+    if backend == "mamba_ssm":
+        kernel = _mamba_ssm_scan()
+        if kernel is None:
+            raise RuntimeError("STORM_SCAN_BACKEND=mamba_ssm but mamba_ssm is not installed")
+        if initial_state is not None:
+            raise ValueError("mamba_ssm's selective_scan_fn cannot start from an initial state")
+        return kernel(u, delta, A, B, C, **kwargs)
+    return selective_scan_ref(u, delta, A, B, C, initial_state=initial_state, **kwargs)
+
+
+def _use_conv_kernel(x: torch.Tensor) -> bool:
+    return x.device.type == "cuda" and _causal_conv1d_kernel() is not None
+
+
+def causal_conv1d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, prefix: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Depthwise causal conv + SiLU. x ``(B, E, L)``, weight ``(E, W)``, prefix ``(B, E, W-1)``.
+
+    ``prefix`` holds the inputs that precede ``x`` (zeros when ``None``, i.e. the sequence start);
+    streaming passes the previous chunk's tail. Uses causal_conv1d's kernel on CUDA when present.
+    """
+    width = weight.shape[-1]
+    if prefix is None and _use_conv_kernel(x):
+        return _causal_conv1d_kernel()(x, weight, bias, activation="silu")
+    if prefix is None:
+        prefix = x.new_zeros(*x.shape[:2], width - 1)
+    return F.silu(F.conv1d(torch.cat([prefix, x], dim=-1), weight.unsqueeze(1), bias, groups=x.shape[1]))
+
+
+@dataclass
+class BranchState:
+    """What a scan direction carries across chunks of a stream.
+
+    conv: the last ``d_conv - 1`` inputs of the causal conv ``(B, E, d_conv - 1)``.
+    ssm: the SSM state h ``(B, E, N)``, fp32.
+    """
+
+    conv: torch.Tensor
+    ssm: torch.Tensor
 
 
 class SSMBranch(nn.Module):
@@ -187,14 +280,24 @@ class SSMBranch(nn.Module):
         ).clamp(min=self.dt_init_floor)
         init.copy_(self.dt_proj.bias, dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """x, z: ``(B, E, L)`` → gated scan output ``(B, E, L)``."""
-        length = x.shape[-1]
-        x = F.silu(self.conv1d(x)[..., :length])  # causal depthwise conv
+    def forward(
+        self, x: torch.Tensor, z: torch.Tensor, state: BranchState | None = None, return_state: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, BranchState]:
+        """x, z: ``(B, E, L)`` → gated scan output ``(B, E, L)`` (and the state after it).
+
+        ``state`` continues a sequence: the conv sees the previous inputs and the scan starts
+        from the previous SSM state, so two calls on halves equal one call on the whole.
+        """
+        prefix = state.conv if state is not None else None
+        if return_state:
+            width = self.conv1d.kernel_size[0] - 1
+            zeros = x.new_zeros(*x.shape[:2], width)
+            tail = torch.cat([prefix if prefix is not None else zeros, x], dim=-1)[..., x.shape[-1] :]
+        x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, prefix)
         delta, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = self.dt_proj.weight @ delta.transpose(1, 2)  # (B, E, L); bias added in the scan
         A = -torch.exp(self.A_log.float())  # (E, N)
-        return selective_scan_fn(
+        result = selective_scan_fn(
             x,
             delta,
             A,
@@ -204,7 +307,13 @@ class SSMBranch(nn.Module):
             z=z,
             delta_bias=self.dt_proj.bias.float(),
             delta_softplus=True,
+            return_last_state=return_state,
+            initial_state=state.ssm if state is not None else None,
         )
+        if not return_state:
+            return result
+        y, last = result
+        return y, BranchState(conv=tail, ssm=last)
 
 
 class MambaMixer(nn.Module):
@@ -237,8 +346,17 @@ class MambaMixer(nn.Module):
         self.backward_branch = SSMBranch(d_inner, d_state, d_conv, dt_rank) if bidirectional else None
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, state: BranchState | None = None, return_state: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, BranchState]:
+        """``(B, L, D) → (B, L, D)``. With ``state`` / ``return_state`` (causal mixers only) the
+        call continues a stream and returns the state to continue from."""
         x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (B, E, L) each
+        if state is not None or return_state:
+            if self.backward_branch is not None:
+                raise ValueError("a bidirectional mixer cannot stream: it needs the whole sequence")
+            y, new_state = self.forward_branch(x, z, state, return_state=True)
+            return self.out_proj(y.transpose(1, 2).to(hidden_states.dtype)), new_state
         y = self.forward_branch(x, z)
         if self.backward_branch is not None:
             y_back = self.backward_branch(x.flip(-1), z.flip(-1)).flip(-1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -35,6 +35,9 @@ from .mamba import SSMBranch
 from .projector import Projector
 from .reduction import ReductionSettings, reduce_tokens
 from .temporal import TemporalEncoder
+
+if TYPE_CHECKING:
+    from ..streaming import StormStream
 
 __all__ = ["StormForConditionalGeneration", "StormPreTrainedModel"]
 
@@ -148,6 +151,23 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         tokens = self.apply_temporal(self.encode_video(pixel_values_videos))
         tokens, _ = reduce_tokens(tokens, self.config.token_grid, settings)
         return tokens
+
+    def start_stream(
+        self,
+        temporal_pool: int | None = None,
+        spatial_pool: int | None = None,
+        temporal_sampling: int | None = None,
+        max_frames: int | None = None,
+    ) -> StormStream:
+        """A live stream (causal models only): ``add_frames`` chunk by chunk, ``ask`` at any time.
+
+        ``max_frames`` bounds the reduced frames kept for the LLM (a sliding window).
+        See :mod:`storm_vlm.streaming`.
+        """
+        from ..streaming import StormStream
+
+        settings = ReductionSettings.resolve(self.config, temporal_pool, spatial_pool, temporal_sampling)
+        return StormStream(self, settings, max_frames=max_frames)
 
     def _visual_embeddings(self, videos: Videos, settings: ReductionSettings) -> torch.Tensor:
         """All clips' reduced tokens, flattened in order: ``(Σ T'_i·N', D)``.

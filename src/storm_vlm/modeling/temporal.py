@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .mamba import MambaMixer
+from .mamba import BranchState, MambaMixer
 
 __all__ = ["TemporalBlock", "TemporalEncoder"]
 
@@ -28,8 +28,13 @@ class TemporalBlock(GradientCheckpointingLayer):
         self.norm = nn.LayerNorm(d_model)
         self.mixer = MambaMixer(d_model, **mixer_kwargs)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return hidden_states + self.mixer(self.norm(hidden_states))
+    def forward(
+        self, hidden_states: torch.Tensor, state: BranchState | None = None, return_state: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, BranchState]:
+        if state is None and not return_state:
+            return hidden_states + self.mixer(self.norm(hidden_states))
+        mixed, new_state = self.mixer(self.norm(hidden_states), state, return_state=True)
+        return hidden_states + mixed, new_state
 
 
 class TemporalEncoder(nn.Module):
@@ -50,9 +55,24 @@ class TemporalEncoder(nn.Module):
         self.layers = nn.ModuleList(TemporalBlock(d_model, **mixer_kwargs) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, state: list[BranchState] | None = None, return_state: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[BranchState]]:
+        """``(B, T, N, D) → (B, T, N, D)``.
+
+        Streaming (causal mixers only): pass the ``state`` returned by the previous call and
+        ``return_state=True``; frames fed in chunks give the same output as one pass over all
+        of them, at a cost per frame that does not grow with the stream.
+        """
         batch, frames, n_tokens, width = tokens.shape
         hidden = tokens.reshape(batch, frames * n_tokens, width)  # raster-then-time order
-        for layer in self.layers:
-            hidden = layer(hidden)
-        return self.norm(hidden).view(batch, frames, n_tokens, width)
+        if state is None and not return_state:
+            for layer in self.layers:
+                hidden = layer(hidden)
+            return self.norm(hidden).view(batch, frames, n_tokens, width)
+        states = state if state is not None else [None] * len(self.layers)
+        new_states = []
+        for layer, layer_state in zip(self.layers, states):
+            hidden, layer_state = layer(hidden, layer_state, return_state=True)
+            new_states.append(layer_state)
+        return self.norm(hidden).view(batch, frames, n_tokens, width), new_states
