@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
+import torch
+
+if not torch.cuda.is_available():  # Triton kernels run in its interpreter on CPU-only machines
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import numpy as np
 import pytest
-import torch
 
 from storm_vlm.presets import build_tiny
 

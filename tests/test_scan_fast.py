@@ -135,6 +135,9 @@ def fake_mamba_ssm(monkeypatch):
 
 
 def test_cuda_route_uses_mamba_ssm_when_installed(fake_mamba_ssm, monkeypatch):
+    from storm_vlm.modeling import scan_triton
+
+    monkeypatch.setattr(scan_triton, "is_available", lambda: False)  # the Triton route: test_scan_triton
     x = make_inputs(1, 4, 12, 4)
     cuda_u = types.SimpleNamespace(device=torch.device("cuda"))
     assert scan_backend(cuda_u, x["B"], x["C"], None) == "mamba_ssm"
@@ -148,7 +151,10 @@ def test_cuda_route_uses_mamba_ssm_when_installed(fake_mamba_ssm, monkeypatch):
     torch.testing.assert_close(out, ref)
 
 
-def test_cuda_route_without_mamba_ssm_is_the_reference(monkeypatch):
+def test_cuda_route_without_mamba_ssm_or_triton_is_the_reference(monkeypatch):
+    from storm_vlm.modeling import scan_triton
+
+    monkeypatch.setattr(scan_triton, "is_available", lambda: False)
     monkeypatch.setitem(sys.modules, "mamba_ssm", None)  # import fails
     mamba._mamba_ssm_scan.cache_clear()
     x = make_inputs(1, 4, 12, 4)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from . import scan_cpu
+from . import scan_cpu, scan_triton
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def selective_scan_ref(
     return (out, x) if return_last_state else out
 
 
-SCAN_BACKENDS = ("auto", "reference", "cpu", "mamba_ssm")
+SCAN_BACKENDS = ("auto", "reference", "cpu", "triton", "mamba_ssm")
 _logged: set[tuple[str, str]] = set()
 
 
@@ -152,7 +152,8 @@ def scan_backend(u: torch.Tensor, B: torch.Tensor, C: torch.Tensor, initial_stat
     """The one place that decides which selective scan runs (override: ``STORM_SCAN_BACKEND``).
 
     CUDA: mamba_ssm's kernel when installed and no initial state is passed (it cannot take one),
-    else the reference. CPU: the fused numba kernel for input-dependent B/C, else the reference.
+    else the Triton kernel when triton is installed (``storm-vlm[gpu]``), else the reference.
+    CPU: the fused numba kernel. Time-invariant B/C (unused by STORM) always take the reference.
     """
     forced = os.environ.get("STORM_SCAN_BACKEND", "auto")
     if forced not in SCAN_BACKENDS:
@@ -160,9 +161,13 @@ def scan_backend(u: torch.Tensor, B: torch.Tensor, C: torch.Tensor, initial_stat
     if forced != "auto":
         return forced
     variable_bc = B.dim() >= 3 and C.dim() >= 3
+    if not variable_bc:
+        return "reference"
     if u.device.type == "cuda":
-        return "mamba_ssm" if initial_state is None and _mamba_ssm_scan() is not None else "reference"
-    if u.device.type == "cpu" and variable_bc and scan_cpu.is_available():
+        if initial_state is None and _mamba_ssm_scan() is not None:
+            return "mamba_ssm"
+        return "triton" if scan_triton.is_available() else "reference"
+    if u.device.type == "cpu" and scan_cpu.is_available():
         return "cpu"
     return "reference"
 
@@ -197,6 +202,8 @@ def selective_scan_fn(
     kwargs = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, return_last_state=return_last_state)
     if backend == "cpu":
         return scan_cpu.selective_scan_cpu(u, delta, A, B, C, initial_state=initial_state, **kwargs)
+    if backend == "triton":
+        return scan_triton.selective_scan_triton(u, delta, A, B, C, initial_state=initial_state, **kwargs)
     if backend == "mamba_ssm":
         kernel = _mamba_ssm_scan()
         if kernel is None:
