@@ -41,8 +41,8 @@ def run(fn, inputs, use, softplus=True, grads=True):
                    return_last_state=True, **kw)  # fmt: skip
     if grads:
         g = torch.Generator().manual_seed(1)
-        (out.float() * torch.randn(out.shape, generator=g)).sum().add(
-            (last * torch.randn(last.shape, generator=g)).sum()
+        (out.float() * torch.randn(out.shape, generator=g).to(out.device)).sum().add(
+            (last * torch.randn(last.shape, generator=g).to(last.device)).sum()
         ).backward()
     return out, last, {k: v.grad for k, v in leaves.items()}
 
