@@ -161,6 +161,37 @@ def _print_stats(answer) -> None:
 
 
 @app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="Folder for the clips and train.json.")],
+    samples: Annotated[int, typer.Option(min=1, help="Number of clips.")] = 16,
+    frames: Annotated[int, typer.Option(min=2, help="Frames per clip.")] = 32,
+    size: Annotated[int, typer.Option(min=8, help="Frame side in pixels (even).")] = 32,
+    questions: Annotated[str, typer.Option(help="Comma-separated: color, direction.")] = "color",
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Generate a small video-QA set (a coloured square moving across the frame) as mp4 + JSON."""
+    from .synth import make_motion_qa
+
+    kinds = tuple(q.strip() for q in questions.split(",") if q.strip())
+    path = make_motion_qa(out, num_samples=samples, num_frames=frames, size=size, seed=seed, questions=kinds)
+    console.print(f"wrote {samples} clips and {path}")
+
+
+@app.command()
+def train(
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe (see configs/).")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. optim.lr=1e-4")] = None,
+) -> None:
+    """Train a stage from a recipe (run under `accelerate launch` for several processes/GPUs)."""
+    from .train import load_recipe
+    from .train import train as run_training
+
+    result = run_training(load_recipe(recipe, overrides or []), console=console)
+    if result.final_dir is not None:
+        console.print(f"final loss {result.last_loss:.4f}, answer-token accuracy {result.last_accuracy:.3f}")
+
+
+@app.command()
 def init(
     out: Annotated[Path, typer.Option(help="New model directory to write.")],
     preset: Annotated[str | None, typer.Option(help="Random model preset, no download (e.g. 'tiny').")] = None,
@@ -178,7 +209,7 @@ def init(
     """Create a STORM model directory: from a preset, or from a pretrained vision tower + LLM."""
     import torch
 
-    from .presets import build_preset, save_model_dir
+    from .presets import build_from_parts, build_preset, save_model_dir
 
     options = dict(
         projector_type=projector.value,
@@ -199,24 +230,11 @@ def init(
         for name, path in (("--vision", vision), ("--llm", llm)):
             if not (path / "config.json").is_file():
                 raise UserError(f"{name} {path}: not a Hugging Face model directory (no config.json)")
-        model, processor = _from_parts(vision, llm, dtype, options)
+        torch_dtype = getattr(torch, dtype.value) if dtype is not None else None
+        model, processor = build_from_parts(vision, llm, dtype=torch_dtype, **options)
     path = save_model_dir(model, processor, out)
     n_params = sum(p.numel() for p in model.parameters())
     console.print(f"wrote {path} ({n_params / 1e6:.2f} M parameters, projector={model.config.projector_type})")
-
-
-def _from_parts(vision: Path, llm: Path, dtype: Dtype | None, options: dict):
-    import torch
-    from transformers import AutoImageProcessor, AutoTokenizer
-
-    from .modeling import StormForConditionalGeneration
-    from .processing_storm import StormProcessor
-
-    tokenizer = AutoTokenizer.from_pretrained(llm)
-    torch_dtype = getattr(torch, dtype.value) if dtype is not None else None
-    model = StormForConditionalGeneration.from_parts(vision, llm, tokenizer=tokenizer, dtype=torch_dtype, **options)
-    processor = StormProcessor.from_config(AutoImageProcessor.from_pretrained(vision), tokenizer, model.config)
-    return model, processor
 
 
 def main() -> None:

@@ -120,6 +120,18 @@ def build_preset(name: str, **storm_options) -> tuple[StormForConditionalGenerat
     return PRESETS[name](**storm_options)
 
 
+def build_from_parts(
+    vision: str | Path, llm: str | Path, dtype=None, **storm_options
+) -> tuple[StormForConditionalGeneration, StormProcessor]:
+    """STORM from a pretrained vision tower and LLM in local HF directories, with its processor."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(llm)
+    model = StormForConditionalGeneration.from_parts(vision, llm, tokenizer=tokenizer, dtype=dtype, **storm_options)
+    processor = StormProcessor.from_config(AutoImageProcessor.from_pretrained(vision), tokenizer, model.config)
+    return model, processor
+
+
 def save_model_dir(model: StormForConditionalGeneration, processor: StormProcessor, out: str | Path) -> Path:
     """Write a complete model directory (weights, config, tokenizer, processor) atomically."""
 

@@ -1,0 +1,251 @@
+"""LLaVA-style training data: JSON samples → token ids, labels on assistant turns only, pixels.
+
+Format (DESIGN.md §3), paths relative to a media root::
+
+    [{"id": "v1", "video": "clips/abc.mp4",
+      "conversations": [{"from": "human", "value": "<video>\\nWhat happens after the door opens?"},
+                        {"from": "gpt", "value": "A dog runs in."}]},
+     {"id": "i1", "image": "imgs/x.jpg", "conversations": [...]}]
+
+Decoding runs in DataLoader workers. A sample that cannot be used (missing or unreadable media, a
+malformed entry, a conversation without the placeholder, longer than the context) becomes a
+:class:`BadSample` that the collator drops and counts, so one bad sample never kills an epoch;
+``strict=True`` raises instead.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..modeling.reduction import ReductionSettings
+from ..processing_storm import IMAGE_TOKEN, VIDEO_TOKEN, StormProcessor
+from ..video import VideoError, sample_frames
+
+__all__ = [
+    "BadSample",
+    "DataError",
+    "LlavaVideoDataset",
+    "SeededSampler",
+    "StormCollator",
+    "encode_conversation",
+    "read_samples",
+]
+
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+IGNORE = -100
+
+
+class DataError(ValueError):
+    """A sample or data file that cannot be used; the message says which and why."""
+
+
+@dataclass
+class BadSample:
+    index: int
+    reason: str
+
+
+def read_samples(path: str | Path) -> list[dict[str, Any]]:
+    """Load the JSON list (or JSON-lines) of samples, with one clear error for a malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    text = path.read_text()
+    try:
+        if path.suffix == ".jsonl":
+            samples = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            samples = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(samples, list) or not samples:
+        raise DataError(f"{path}: expected a non-empty JSON list of samples")
+    return samples
+
+
+def encode_conversation(
+    processor: StormProcessor, conversations: Any, media: str | None, visual_tokens: int
+) -> tuple[list[int], list[int]]:
+    """Token ids and labels for one conversation; labels are ``-100`` except on assistant turns.
+
+    The chat template renders prefixes of the conversation: text up to each assistant answer is
+    context (masked), the answer and its end-of-turn token are targets. ``media`` is ``"video"``,
+    ``"image"`` or ``None``; its placeholder must appear exactly once and is expanded to
+    ``visual_tokens`` placeholder tokens.
+    """
+    if not isinstance(conversations, list) or not conversations:
+        raise DataError("`conversations` must be a non-empty list")
+    messages = []
+    for turn in conversations:
+        if not isinstance(turn, dict) or turn.get("from") not in ROLES or not isinstance(turn.get("value"), str):
+            raise DataError(f"malformed turn {turn!r}: need {{'from': human|gpt|system, 'value': str}}")
+        messages.append({"role": ROLES[turn["from"]], "content": turn["value"]})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DataError("the conversation has no assistant turn to learn from")
+    text = "".join(m["content"] for m in messages)
+    counts = {VIDEO_TOKEN: text.count(VIDEO_TOKEN), IMAGE_TOKEN: text.count(IMAGE_TOKEN)}
+    expected = {VIDEO_TOKEN: int(media == "video"), IMAGE_TOKEN: int(media == "image")}
+    if counts != expected:
+        want = f"one {VIDEO_TOKEN if media == 'video' else IMAGE_TOKEN}" if media else "no placeholder"
+        raise DataError(f"the conversation must contain {want}, found {counts}")
+    if media is not None:
+        token = VIDEO_TOKEN if media == "video" else IMAGE_TOKEN
+        for m in messages:
+            m["content"] = m["content"].replace(token, token * visual_tokens)
+
+    def render(part: list[dict[str, str]], generation_prompt: bool) -> str:
+        return processor.tokenizer.apply_chat_template(part, add_generation_prompt=generation_prompt, tokenize=False)
+
+    def tokens(piece: str) -> list[int]:
+        return processor.tokenizer(piece, add_special_tokens=False)["input_ids"]
+
+    ids: list[int] = []
+    labels: list[int] = []
+    done = ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prefix = render(messages[:i], generation_prompt=True)
+        full = render(messages[: i + 1], generation_prompt=False)
+        if not (prefix.startswith(done) and full.startswith(prefix)):
+            raise DataError("the tokenizer's chat template does not render conversations prefix by prefix")
+        context, answer = tokens(prefix[len(done) :]), tokens(full[len(prefix) :])
+        ids += context + answer
+        labels += [IGNORE] * len(context) + answer
+        done = full
+    return ids, labels
+
+
+class LlavaVideoDataset(Dataset):
+    """Samples of a LLaVA-style JSON file, decoded and tokenised on access (in workers)."""
+
+    def __init__(
+        self,
+        samples: list[dict[str, Any]],
+        processor: StormProcessor,
+        media_root: str | Path,
+        num_frames: int,
+        settings: ReductionSettings,
+        max_length: int,
+        strict: bool = False,
+    ) -> None:
+        self.samples = samples
+        self.processor = processor
+        self.media_root = Path(media_root)
+        self.num_frames = num_frames
+        self.settings = settings.for_training()
+        self.max_length = max_length
+        self.strict = strict
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
+        try:
+            return self._load(index)
+        except (DataError, VideoError, ValueError, OSError) as err:
+            reason = f"sample {index} ({self._sample_id(index)}): {err}"
+            if self.strict:
+                raise DataError(reason) from None
+            return BadSample(index, reason)
+
+    def _sample_id(self, index: int) -> str:
+        sample = self.samples[index]
+        return str(sample.get("id", "?")) if isinstance(sample, dict) else "?"
+
+    def _load(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        if not isinstance(sample, dict):
+            raise DataError("a sample must be a JSON object")
+        if "video" in sample and "image" in sample:
+            raise DataError("a sample may have a video or an image, not both")
+        media = "video" if "video" in sample else "image" if "image" in sample else None
+        pixels = None
+        visual = 0
+        if media is not None:
+            if not isinstance(sample[media], str):
+                raise DataError(f"`{media}` must be a path string")
+            path = self.media_root / sample[media]
+            clip = sample_frames(path, num_frames=self.num_frames if media == "video" else 1)
+            pixels = self.processor.preprocess_frames(clip.frames)  # (T, 3, S, S)
+            visual = self.processor.num_visual_tokens(len(clip) if media == "video" else 1, self.settings)
+        ids, labels = encode_conversation(self.processor, sample.get("conversations"), media, visual)
+        if len(ids) > self.max_length:
+            raise DataError(f"{len(ids)} tokens ({visual} visual) exceed max_length {self.max_length}")
+        return {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "pixel_values_videos": pixels if media == "video" else None,
+            "pixel_values": pixels[0] if media == "image" else None,
+        }
+
+
+class StormCollator:
+    """Right-pads a batch, builds the attention mask, drops and counts bad samples.
+
+    Returns model inputs plus ``skipped`` (the reasons), which the loop removes before the call.
+    Clips of different lengths travel as a list (the model scans each clip on its own).
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, items: list[dict[str, Any] | BadSample]) -> dict[str, Any]:
+        good = [it for it in items if not isinstance(it, BadSample)]
+        skipped = [it.reason for it in items if isinstance(it, BadSample)]
+        if not good:
+            return {"skipped": skipped}
+        length = max(len(it["input_ids"]) for it in good)
+        input_ids = torch.full((len(good), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(good), length), IGNORE, dtype=torch.long)
+        attention = torch.zeros((len(good), length), dtype=torch.long)
+        for row, it in enumerate(good):
+            n = len(it["input_ids"])
+            input_ids[row, :n], labels[row, :n], attention[row, :n] = it["input_ids"], it["labels"], 1
+        batch: dict[str, Any] = {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+        videos = [it["pixel_values_videos"] for it in good if it["pixel_values_videos"] is not None]
+        images = [it["pixel_values"] for it in good if it["pixel_values"] is not None]
+        if videos:
+            same = len({v.shape for v in videos}) == 1
+            batch["pixel_values_videos"] = torch.stack(videos) if same else videos
+        if images:
+            batch["pixel_values"] = torch.stack(images)
+        batch["skipped"] = skipped
+        return batch
+
+
+class SeededSampler(Sampler[int]):
+    """A shuffled order fixed by (seed, epoch), so a resumed run sees exactly the same batches.
+
+    The loop drives it with :meth:`start_epoch`, which can also skip the samples of batches that
+    a resumed run already consumed. ``set_epoch`` is deliberately inert: accelerate calls it with
+    its own per-loader iteration count, which restarts at 0 for a resumed loader.
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True) -> None:
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.epoch, self.skip = 0, 0
+
+    def start_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def set_epoch(self, epoch: int) -> None:  # see the class docstring
+        pass
+
+    def order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(self.size, generator=g).tolist()
+
+    def __iter__(self):
+        return iter(self.order()[self.skip :])
+
+    def __len__(self) -> int:
+        return self.size - self.skip

@@ -1,0 +1,330 @@
+"""The training loop on 🤗 accelerate: one CPU, DDP, FSDP or DeepSpeed from the same code.
+
+    storm-vlm train configs/tiny-stage2.yaml optim.lr=1e-3
+    accelerate launch --config_file configs/accelerate/deepspeed_zero3.yaml \
+        -m storm_vlm.cli train configs/7b-stage2.yaml
+
+AdamW, cosine schedule with linear warmup, gradient accumulation, clipping, mixed precision,
+gradient checkpointing and optional LoRA (peft) on the LLM. Every ``save_every`` optimizer steps a
+checkpoint (model, optimizer, scheduler, RNG states, data position) is written to a temporary
+folder and renamed into ``output_dir/checkpoints/step-NNNNNN``; the last ``keep_last`` are kept.
+``resume: true`` continues from the newest one so that every later step sees the same batches and
+gives the same loss as an uninterrupted run. The final model is a ``from_pretrained`` directory
+(``output_dir/final``) with processor files. Progress goes to the console and to
+``output_dir/train_log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.utils.data import DataLoader
+from transformers import get_cosine_schedule_with_warmup
+
+from ..model_dir import atomic_directory
+from ..modeling.modeling_storm import StormForConditionalGeneration
+from ..modeling.reduction import ReductionSettings
+from ..processing_storm import StormProcessor
+from .data import LlavaVideoDataset, SeededSampler, StormCollator, read_samples
+from .recipe import RecipeError, TrainRecipe
+from .stages import configure_stage, param_groups
+
+__all__ = ["TrainResult", "train"]
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_dir: Path | None
+    steps: int
+    skipped: list[str] = field(default_factory=list)
+    last_loss: float = float("nan")
+    last_accuracy: float = float("nan")
+
+
+def build_model(recipe: TrainRecipe) -> tuple[StormForConditionalGeneration, StormProcessor]:
+    """The model a recipe starts from: a model directory, a preset, or pretrained parts."""
+    if recipe.model is not None:
+        from ..inference import load_model
+
+        return load_model(recipe.model)
+    from ..presets import build_from_parts, build_preset
+
+    init = recipe.init
+    options = dict(
+        projector_type=init.projector_type, temporal_layers=init.temporal_layers, bidirectional=init.bidirectional
+    )
+    if init.preset is not None:
+        return build_preset(init.preset, **options)
+    dtype = torch.bfloat16 if recipe.mixed_precision == "bf16" else None
+    return build_from_parts(init.vision, init.llm, dtype=dtype, **options)
+
+
+def _apply_lora(model: StormForConditionalGeneration, options: dict[str, Any]) -> None:
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise RecipeError("lora needs peft: pip install 'storm-vlm[lora]'") from None
+    config = LoraConfig(
+        r=int(options.get("r", 16)),
+        lora_alpha=int(options.get("alpha", 32)),
+        lora_dropout=float(options.get("dropout", 0.05)),
+        target_modules=options.get("target_modules", LORA_TARGETS),
+    )
+    model.language_model = get_peft_model(model.language_model, config)
+
+
+def _merge_lora(model: StormForConditionalGeneration) -> None:
+    if hasattr(model.language_model, "merge_and_unload"):
+        model.language_model = model.language_model.merge_and_unload()
+
+
+def _token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """Teacher-forced next-token accuracy on label positions: (correct, total)."""
+    predicted = logits[:, :-1].argmax(-1)
+    target = labels[:, 1:]
+    mask = target != -100
+    return int((predicted[mask] == target[mask]).sum()), int(mask.sum())
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    root = output_dir / "checkpoints"
+    return sorted(p for p in root.glob("step-*") if p.is_dir()) if root.is_dir() else []
+
+
+def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Console | None = None) -> TrainResult:
+    """Run a recipe. ``stop_after_steps`` ends the run after that optimizer step (and its
+    checkpoint), as a preemption would; ``resume: true`` then continues it."""
+    recipe.validate()
+    console = console or Console()
+    out = Path(recipe.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=recipe.optim.grad_accum, mixed_precision=recipe.mixed_precision
+    )
+    is_main = accelerator.is_main_process
+    set_seed(recipe.seed)
+
+    model, processor = build_model(recipe)
+    if recipe.temporal_pool is not None:
+        model.config.temporal_pool = processor.temporal_pool = recipe.temporal_pool
+    if recipe.spatial_pool is not None:
+        model.config.spatial_pool = processor.spatial_pool = recipe.spatial_pool
+    counts = configure_stage(model, recipe.stage)
+    if recipe.lora:
+        _apply_lora(model, recipe.lora)
+        counts = configure_stage_with_lora(model, recipe.stage)
+    if recipe.gradient_checkpointing:
+        model.activation_checkpointing_enable()
+    model.config.use_cache = False
+
+    samples = read_samples(recipe.data.json)
+    settings = ReductionSettings.resolve(model.config, training=True)
+    dataset = LlavaVideoDataset(
+        samples,
+        processor,
+        recipe.data.media_root,
+        recipe.data.num_frames,
+        settings,
+        recipe.data.max_length,
+        recipe.data.strict,
+    )
+    sampler = SeededSampler(len(dataset), recipe.seed)
+    loader = DataLoader(
+        dataset,
+        batch_size=recipe.optim.batch_size,
+        sampler=sampler,
+        collate_fn=StormCollator(processor.tokenizer.pad_token_id),
+        num_workers=recipe.data.num_workers,
+    )
+    optimizer = torch.optim.AdamW(param_groups(model, recipe.optim), betas=recipe.optim.betas)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    steps_per_epoch = max(1, math.ceil(len(loader) / recipe.optim.grad_accum))
+    total_steps = recipe.optim.max_steps or max(1, math.ceil(recipe.optim.epochs * steps_per_epoch))
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, round(recipe.optim.warmup_ratio * total_steps), total_steps
+    )  # stepped once per optimizer step, by us (not through accelerate, which would step it per process)
+    accelerator.register_for_checkpointing(scheduler)
+
+    step, epoch, batches_done, skipped = 0, 0, 0, []
+    log_path = out / "train_log.jsonl"
+    if recipe.resume and _checkpoints(out):
+        latest = _checkpoints(out)[-1]
+        accelerator.load_state(str(latest))
+        state = json.loads((latest / "trainer_state.json").read_text())
+        step, epoch, batches_done, skipped = state["step"], state["epoch"], state["batches_done"], state["skipped"]
+        if is_main:
+            console.print(f"resuming from {latest} (step {step}, epoch {epoch}, batch {batches_done})")
+    elif is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        log_path.unlink(missing_ok=True)
+        (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    if is_main:
+        params = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items())
+        console.print(f"stage {recipe.stage}: trainable {params}; {len(dataset)} samples, {total_steps} steps")
+
+    window = {"loss": 0.0, "micro": 0, "correct": 0, "total": 0, "tokens": 0, "samples": 0, "t0": time.perf_counter()}
+    last_loss, last_acc = float("nan"), float("nan")
+    model.train()
+    progress = Progress(
+        TextColumn("[bold]train[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not (is_main and console.is_terminal),
+    )
+    with progress:
+        task = progress.add_task("train", total=total_steps, completed=step, info="")
+        while step < total_steps:
+            # resuming mid-epoch: skip the samples of the batches every process already consumed
+            sampler.start_epoch(epoch, skip=batches_done * recipe.optim.batch_size * accelerator.num_processes)
+            for batch in loader:
+                batches_done += 1
+                skipped += batch.pop("skipped", [])
+                with accelerator.accumulate(model):
+                    if "input_ids" in batch:
+                        outputs = model(**batch)
+                        loss = outputs.loss
+                        correct, total = _token_accuracy(outputs.logits.detach(), batch["labels"])
+                        window["tokens"] += int(batch["attention_mask"].sum())
+                        window["samples"] += batch["input_ids"].shape[0]
+                    else:  # every sample of the batch was bad: a zero step keeps processes in sync
+                        loss = sum(p.reshape(-1)[0] * 0.0 for p in model.parameters() if p.requires_grad)
+                        correct = total = 0
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and recipe.optim.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), recipe.optim.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                window["loss"] += float(loss.detach())
+                window["micro"] += 1
+                window["correct"] += correct
+                window["total"] += total
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                step += 1
+                stats = torch.tensor(
+                    [
+                        window["loss"] / window["micro"],
+                        window["correct"],
+                        window["total"],
+                        window["tokens"],
+                        window["samples"],
+                    ],
+                    device=accelerator.device,
+                    dtype=torch.float64,
+                )
+                stats = accelerator.reduce(stats, reduction="sum")
+                last_loss = float(stats[0]) / accelerator.num_processes
+                last_acc = float(stats[1] / stats[2]) if stats[2] > 0 else float("nan")
+                elapsed = max(time.perf_counter() - window["t0"], 1e-9)
+                record = {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": last_loss,
+                    "accuracy": last_acc,
+                    "lr": scheduler.get_last_lr()[0],
+                    "tokens_per_s": float(stats[3]) / elapsed,
+                    "samples_per_s": float(stats[4]) / elapsed,
+                    "skipped": len(skipped),
+                }
+                window = {k: 0 for k in window} | {"loss": 0.0, "t0": time.perf_counter()}
+                if is_main:
+                    if step % recipe.log_every == 0 or step == total_steps:
+                        with log_path.open("a") as f:
+                            f.write(json.dumps(record) + "\n")
+                        if not console.is_terminal:
+                            console.print(
+                                f"step {step}/{total_steps} loss {last_loss:.4f} acc {last_acc:.3f} "
+                                f"lr {record['lr']:.2e} {record['tokens_per_s']:.0f} tok/s"
+                            )
+                    progress.update(task, completed=step, info=f"loss {last_loss:.4f} acc {last_acc:.3f}")
+                end_of_run = step >= total_steps
+                if recipe.save_every and (step % recipe.save_every == 0 or step == stop_after_steps) and not end_of_run:
+                    _save_checkpoint(accelerator, out, step, epoch, batches_done, skipped, recipe.keep_last)
+                if end_of_run or step == stop_after_steps:
+                    break
+            if step >= total_steps or step == stop_after_steps:
+                break
+            epoch, batches_done = epoch + 1, 0
+
+    if stop_after_steps is not None and step == stop_after_steps and step < total_steps:
+        return TrainResult(out, None, step, skipped, last_loss, last_acc)
+    final = out / "final"
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    state_dict = accelerator.get_state_dict(model)  # gathers FSDP / ZeRO-3 shards
+    if is_main:
+        _merge_lora(unwrapped)
+        unwrapped.config.use_cache = True
+
+        def write(tmp: Path) -> None:
+            unwrapped.save_pretrained(tmp, state_dict=None if recipe.lora else state_dict)
+            processor.save_pretrained(tmp)
+            (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+
+        atomic_directory(final, write, overwrite=True)
+        _report_skipped(console, skipped)
+        console.print(f"saved {final}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(out, final, step, skipped, last_loss, last_acc)
+
+
+def configure_stage_with_lora(model: StormForConditionalGeneration, stage: int) -> dict[str, int]:
+    """With LoRA the LLM's base weights stay frozen; its adapters and the other modules follow the stage."""
+    counts = configure_stage(model, stage)
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            param.requires_grad_(True)
+        elif name.startswith("language_model."):
+            param.requires_grad_(False)
+    counts["llm"] = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    return counts
+
+
+def _save_checkpoint(
+    accelerator: Accelerator, out: Path, step: int, epoch: int, batches_done: int, skipped: list[str], keep: int
+) -> None:
+    """Every process writes its part to a temporary folder; the main process renames it."""
+    root = out / "checkpoints"
+    final = root / f"step-{step:06d}"
+    tmp = root / f".step-{step:06d}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        state = {"step": step, "epoch": epoch, "batches_done": batches_done, "skipped": skipped}
+        (tmp / "trainer_state.json").write_text(json.dumps(state))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in _checkpoints(out)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _report_skipped(console: Console, skipped: list[str]) -> None:
+    if not skipped:
+        return
+    console.print(f"[yellow]skipped {len(skipped)} bad sample(s)[/yellow] (first reasons below)")
+    for reason in skipped[:5]:
+        console.print(f"  {reason}", markup=False, highlight=False)

@@ -1,0 +1,194 @@
+"""Training recipes: one YAML file per stage, every knob named once, ``key=value`` overrides.
+
+A recipe names where the model comes from (a model directory — typically the previous stage's
+output — or ``init`` from a preset or from pretrained parts), the data, the stage, the reduction
+the model trains with, and the optimisation. See ``configs/`` for the paper's three stages at
+tiny (CPU) and 7B (multi-GPU) scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+__all__ = ["DataConfig", "InitConfig", "OptimConfig", "RecipeError", "TrainRecipe", "load_recipe"]
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run: the message names the key and the problem."""
+
+
+@dataclass
+class InitConfig:
+    """Build a new model instead of loading ``model``: from a preset or from pretrained parts."""
+
+    preset: str | None = None  # e.g. "tiny"
+    vision: str | None = None  # local HF directory of the vision tower
+    llm: str | None = None  # local HF directory of the LLM and its tokenizer
+    projector_type: str = "storm"
+    temporal_layers: int = 2
+    bidirectional: bool = True
+
+
+@dataclass
+class DataConfig:
+    json: str = ""  # LLaVA-style list of samples
+    media_root: str = "."  # "video"/"image" paths are relative to it
+    num_frames: int = 32  # frames sampled uniformly per video
+    max_length: int = 4096  # samples longer than this (visual tokens included) are skipped
+    num_workers: int = 0  # DataLoader workers decoding video
+    strict: bool = False  # fail on the first bad sample instead of skipping it
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    vision_lr: float | None = None  # per-module learning rates (default: lr)
+    projector_lr: float | None = None  # projector + temporal module
+    llm_lr: float | None = None
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    batch_size: int = 1  # per process
+    grad_accum: int = 1
+    epochs: float = 1.0
+    max_steps: int | None = None  # optimizer steps; overrides epochs
+
+
+@dataclass
+class TrainRecipe:
+    stage: int = 2  # 1 alignment (projector + Mamba only), 2 full SFT, 3 long-video fine-tune
+    model: str | None = None  # model directory to start from (the previous stage's output)
+    init: InitConfig | None = None
+    output_dir: str = "runs/storm"
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    temporal_pool: int | None = None  # k the model trains with (None: the model's config)
+    spatial_pool: int | None = None  # p
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
+    gradient_checkpointing: bool = False
+    lora: dict[str, Any] | None = None  # e.g. {r: 16, alpha: 32, dropout: 0.05}: LoRA on the LLM (peft)
+    seed: int = 0
+    log_every: int = 1
+    save_every: int = 0  # optimizer steps between checkpoints (0: only the final model)
+    keep_last: int = 2
+    resume: bool = False  # continue from the newest checkpoint in output_dir
+
+    def validate(self) -> TrainRecipe:
+        if self.stage not in (1, 2, 3):
+            raise RecipeError(f"stage must be 1, 2 or 3, got {self.stage!r}")
+        if (self.model is None) == (self.init is None):
+            raise RecipeError("give exactly one of `model` (a model directory) or `init` (a new model)")
+        if self.init is not None and (self.init.preset is None) == (self.init.vision is None or self.init.llm is None):
+            raise RecipeError("init needs either `preset` or both `vision` and `llm`")
+        if not self.data.json:
+            raise RecipeError("data.json is required (a LLaVA-style JSON file)")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise RecipeError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        for name in ("batch_size", "grad_accum"):
+            if getattr(self.optim, name) < 1:
+                raise RecipeError(f"optim.{name} must be >= 1")
+        if self.optim.lr <= 0:
+            raise RecipeError("optim.lr must be > 0")
+        if self.data.num_frames < 1:
+            raise RecipeError("data.num_frames must be >= 1")
+        for name in ("temporal_pool", "spatial_pool"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise RecipeError(f"{name} must be >= 1")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Turn YAML / command-line values into the annotated type, with a clear error."""
+    origin, args = get_origin(hint), get_args(hint)
+    if value is None:
+        if hint is type(None) or type(None) in args:
+            return None
+        raise RecipeError(f"{key} may not be null")
+    if args and type(None) in args:  # Optional[X]
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key) if len(inner) == 1 else value
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise RecipeError(f"{key} must be a mapping, got {value!r}")
+        return _build(hint, value, key + ".")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise RecipeError(f"{key} must be a list of {len(args)} numbers, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{key} must be a mapping, got {value!r}")
+        return value
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise RecipeError(f"{key} must be {getattr(hint, '__name__', hint)}, got {value!r}") from None
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise RecipeError(f"unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(known))})")
+    return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in values.items()})
+
+
+def _apply_override(tree: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise RecipeError(f"override {override!r} is not key=value (e.g. optim.lr=1e-4)")
+    key, raw = override.split("=", 1)
+    value = yaml.safe_load(raw) if raw else None
+    node = tree
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"override {key}: {part} is not a mapping")
+    node[parts[-1]] = value
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainRecipe:
+    """Read a YAML recipe (or start from defaults), apply ``key=value`` overrides, validate.
+
+    Relative paths are relative to the working directory, as for every other command.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"{path}: no such recipe file")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise RecipeError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise RecipeError(f"{path}: a recipe must be a YAML mapping")
+        tree = loaded or {}
+    for override in overrides:
+        _apply_override(tree, override)
+    return _build(TrainRecipe, tree).validate()
