@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -112,6 +113,10 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
     recipe.validate()
     console = console or Console()
     out = Path(recipe.output_dir)
+    # One process may train several times (notebooks, tests) with different precision settings:
+    # forget the previous run's accelerator settings, keeping the process group.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     accelerator = Accelerator(
         gradient_accumulation_steps=recipe.optim.grad_accum, mixed_precision=recipe.mixed_precision
     )
