@@ -88,6 +88,8 @@ def run_demo(
                 temporal_sampling=settings.temporal_sampling,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
+                eos_token_id=processor.stop_token_ids,
+                pad_token_id=processor.tokenizer.pad_token_id,
             )
         seconds = time.perf_counter() - start
         answer = processor.decode(out[0, inputs["input_ids"].shape[1] :])

@@ -164,6 +164,7 @@ def ask(
             max_new_tokens=max_new_tokens,
             streamer=clock,
             pad_token_id=processor.tokenizer.pad_token_id,
+            eos_token_id=processor.stop_token_ids,
             **gen_kwargs,
         )
         timer._sync()

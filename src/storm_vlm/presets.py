@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, SiglipImageProces
 from .configuration_storm import StormConfig
 from .model_dir import atomic_directory
 from .modeling.modeling_storm import StormForConditionalGeneration
-from .processing_storm import CHATML_TEMPLATE, StormProcessor, add_placeholder_tokens
+from .processing_storm import CHATML_TEMPLATE, StormProcessor, add_placeholder_tokens, stop_token_ids
 
 __all__ = ["PRESETS", "build_preset", "tiny_tokenizer"]
 
@@ -103,7 +103,14 @@ def build_tiny(**storm_options) -> tuple[StormForConditionalGeneration, StormPro
     video_id, image_id = tokenizer.convert_tokens_to_ids(["<video>", "<image>"])
     config = tiny_config(len(tokenizer), video_id, image_id, **storm_options)
     model = StormForConditionalGeneration(config).eval()
+    set_generation_tokens(model, tokenizer)
     return model, StormProcessor.from_config(tiny_image_processor(), tokenizer, config)
+
+
+def set_generation_tokens(model: StormForConditionalGeneration, tokenizer) -> None:
+    """Stop generation at the end-of-turn token and pad with the tokenizer's pad token."""
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
 def tiny_image_processor() -> SiglipImageProcessorPil:
@@ -128,6 +135,7 @@ def build_from_parts(
 
     tokenizer = AutoTokenizer.from_pretrained(llm)
     model = StormForConditionalGeneration.from_parts(vision, llm, tokenizer=tokenizer, dtype=dtype, **storm_options)
+    set_generation_tokens(model, tokenizer)
     processor = StormProcessor.from_config(AutoImageProcessor.from_pretrained(vision), tokenizer, model.config)
     return model, processor
 

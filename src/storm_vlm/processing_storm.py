@@ -53,6 +53,16 @@ def add_placeholder_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int
     return tokenizer.convert_tokens_to_ids(VIDEO_TOKEN), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
 
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """EOS plus ChatML's ``<|im_end|>`` when the vocabulary has it (a base Qwen2's EOS is
+    ``<|endoftext|>``, but chat-formatted answers end with ``<|im_end|>``)."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    end_of_turn = tokenizer.get_vocab().get("<|im_end|>")
+    if end_of_turn is not None and end_of_turn not in ids:
+        ids.append(end_of_turn)
+    return ids
+
+
 class StormProcessor(ProcessorMixin):
     """Image processor + tokenizer + the token accounting that ties them to the model.
 
@@ -103,6 +113,11 @@ class StormProcessor(ProcessorMixin):
                 f"do not match the model config (video {config.video_token_id}, image {config.image_token_id})"
             )
         return processor
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Tokens that end an answer: the tokenizer's EOS and the chat template's end of turn."""
+        return stop_token_ids(self.tokenizer)
 
     # -- settings ----------------------------------------------------------------------------
     def reduction_settings(
