@@ -108,7 +108,7 @@ def test_two_processes_match_one(data, tmp_path):
         "optim.lr=1e-3",
         "optim.max_steps=3",
     ]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "storm_vlm.cli", "train", "configs/tiny-stage2.yaml",
            *overrides, "optim.batch_size=2", f"output_dir={tmp_path / 'ddp'}"]  # fmt: skip
@@ -120,6 +120,8 @@ def test_two_processes_match_one(data, tmp_path):
         return [json.loads(line)["loss"] for line in (path / "train_log.jsonl").read_text().splitlines()]
 
     two, one = losses(tmp_path / "ddp"), losses(tmp_path / "one")
+    records = [json.loads(line) for line in (tmp_path / "ddp" / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["processes"] == 2 for r in records)  # really two processes, not one
     assert len(two) == len(one) == 3
     for a, b in zip(two, one):
         assert abs(a - b) <= 0.05 * abs(b), (two, one)

@@ -156,7 +156,7 @@ def bad_files(tmp_path_factory):
         "audio-only": (d / "audio.mp4", NoVideoStreamError, "no video stream"),
         "no-frames": (d / "noframes.mp4", CorruptVideoError, "no frame could be decoded"),
         "huge": (d / "huge.y4m", VideoTooLargeError, "exceeds"),
-        "directory": (d, VideoError, "directory"),
+        "directory": (d, VideoError, "folder without frame images"),
         "broken-image": (d / "broken.png", CorruptVideoError, "not an image"),
     }
 

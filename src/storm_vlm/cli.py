@@ -160,6 +160,56 @@ def _print_stats(answer) -> None:
     console.print(table)
 
 
+class Scoring(str, Enum):
+    generate = "generate"
+    loglik = "loglik"
+
+
+@app.command(name="eval")
+def eval_(
+    model_dir: Annotated[Path, typer.Argument(help="STORM model directory.")],
+    benchmark: Annotated[str, typer.Option(help="mvbench, mlvu, longvideobench, videomme, synthetic or mc-json.")],
+    data_root: Annotated[Path, typer.Option(help="Benchmark folder (or the JSON file for mc-json).")],
+    frames: Annotated[str, typer.Option(help="Frame counts, comma-separated (a sweep when several).")] = "32",
+    temporal_pool: Annotated[int | None, typer.Option(min=1, help="k (model default).")] = None,
+    spatial_pool: Annotated[int | None, typer.Option(min=1, help="p (model default).")] = None,
+    sample: Annotated[int | None, typer.Option(min=1, help="s, test-time sampling (model default).")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions.")] = None,
+    tasks: Annotated[str | None, typer.Option(help="Only these tasks, comma-separated.")] = None,
+    scoring: Annotated[Scoring, typer.Option(help="Parse a generated letter, or compare letter log-likelihoods.")] = (
+        Scoring.generate
+    ),
+    out: Annotated[Path | None, typer.Option(help="Output folder (default outputs/eval/BENCH-MODEL).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+) -> None:
+    """Evaluate on a video QA benchmark (resumable; shard with `accelerate launch`)."""
+    from .eval import run_benchmark
+    from .model_dir import check_model_dir
+
+    check_model_dir(model_dir)
+    try:
+        frame_counts = [int(f) for f in frames.split(",") if f.strip()]
+    except ValueError:
+        raise UserError(f"--frames must be comma-separated integers, got {frames!r}") from None
+    if not frame_counts or min(frame_counts) < 1:
+        raise UserError("--frames needs at least one positive frame count")
+    run_benchmark(
+        model_dir,
+        benchmark,
+        data_root,
+        frame_counts,
+        temporal_pool=temporal_pool,
+        spatial_pool=spatial_pool,
+        temporal_sampling=sample,
+        out=out,
+        limit=limit,
+        scoring=scoring.value,
+        tasks=[t.strip() for t in tasks.split(",")] if tasks else None,
+        device=device,
+        console=console,
+    )
+
+
 @app.command()
 def synth(
     out: Annotated[Path, typer.Option(help="Folder for the clips and train.json.")],

@@ -27,7 +27,7 @@ from .modeling.reduction import ReductionSettings, reduce_tokens
 from .processing_storm import StormProcessor
 from .video import Progress, VideoClip, sample_frames
 
-__all__ = ["Answer", "StageTimer", "ask", "load_model"]
+__all__ = ["Answer", "PreparedInputs", "StageTimer", "ask", "load_model", "prepare_inputs"]
 
 
 @dataclass
@@ -99,6 +99,49 @@ def load_model(
     return model.eval(), processor
 
 
+@dataclass
+class PreparedInputs:
+    """A question about a clip, ready for the LLM: embeddings with the visual tokens spliced in."""
+
+    inputs_embeds: torch.Tensor  # (1, S, D)
+    attention_mask: torch.Tensor  # (1, S)
+    visual_tokens: int
+    prompt_tokens: int
+    timer: StageTimer
+
+
+def prepare_inputs(
+    model: StormForConditionalGeneration,
+    processor: StormProcessor,
+    clip: VideoClip,
+    question: str,
+    settings: ReductionSettings,
+) -> PreparedInputs:
+    """Run the visual stages (timed: preprocess, vision, temporal) and embed the prompt."""
+    device = model.device
+    timer = StageTimer(device)
+    with timer.stage("preprocess"):
+        pixels = processor.preprocess_frames(clip.frames).to(device=device, dtype=model.dtype)
+    with torch.inference_mode():
+        with timer.stage("vision"):
+            tokens = model.encode_video(pixels[None])  # (1, T, N, D)
+        with timer.stage("temporal"):
+            tokens = model.apply_temporal(tokens)
+            tokens, _ = reduce_tokens(tokens, model.config.token_grid, settings)  # (1, T', N', D)
+        visual = tokens.flatten(0, 2)
+        media = "image" if clip.is_image else "video"
+        prompt = processor.build_prompt(question, media=media)
+        if clip.is_image:
+            ids = processor.tokenize(prompt, num_images=1, settings=settings)
+            embeds, _ = model.embed_inputs(ids["input_ids"].to(device), image_embeds=visual)
+        else:
+            ids = processor.tokenize(prompt, [len(clip)], settings=settings)
+            embeds, _ = model.embed_inputs(ids["input_ids"].to(device), video_embeds=visual)
+    return PreparedInputs(
+        embeds, ids["attention_mask"].to(device), int(visual.shape[0]), ids["input_ids"].shape[1], timer
+    )
+
+
 def ask(
     model: StormForConditionalGeneration,
     processor: StormProcessor,
@@ -123,44 +166,29 @@ def ask(
     Frames: ``num_frames`` uniformly (default 32, the paper's SFT setting), or ``fps`` with a
     ``max_frames`` cap. Reduction: the model config's k/p/s unless overridden.
     """
-    device = model.device
-    timer = StageTimer(device)
     settings = model.reduction_settings(temporal_pool, spatial_pool, temporal_sampling)
-
-    with timer.stage("decode"):
-        if isinstance(media, VideoClip):
-            clip = media
-        else:
-            frames_arg = None if fps is not None else num_frames
-            clip = sample_frames(
-                media, num_frames=frames_arg, fps=fps, max_frames=max_frames, start=start, end=end, progress=progress
-            )
-    is_image = clip.is_image
-    with timer.stage("preprocess"):
-        pixels = processor.preprocess_frames(clip.frames).to(device=device, dtype=model.dtype)
+    started = time.perf_counter()
+    if isinstance(media, VideoClip):
+        clip = media
+    else:
+        frames_arg = None if fps is not None else num_frames
+        clip = sample_frames(
+            media, num_frames=frames_arg, fps=fps, max_frames=max_frames, start=start, end=end, progress=progress
+        )
+    decode_seconds = time.perf_counter() - started
+    prepared = prepare_inputs(model, processor, clip, question, settings)
+    timer = prepared.timer
+    timer.timings["decode"] = decode_seconds
+    clock = _FirstTokenClock(timer)
+    gen_kwargs = dict(do_sample=do_sample)
+    if do_sample:
+        gen_kwargs.update(temperature=temperature, top_p=top_p)
     with torch.inference_mode():
-        with timer.stage("vision"):
-            tokens = model.encode_video(pixels[None])  # (1, T, N, D)
-        with timer.stage("temporal"):
-            tokens = model.apply_temporal(tokens)
-            tokens, _ = reduce_tokens(tokens, model.config.token_grid, settings)  # (1, T', N', D)
-        visual = tokens.flatten(0, 2)
-        prompt = processor.build_prompt(question, media="image" if is_image else "video")
-        if is_image:
-            ids = processor.tokenize(prompt, num_images=1, settings=settings)
-            embeds, _ = model.embed_inputs(ids["input_ids"].to(device), image_embeds=visual)
-        else:
-            ids = processor.tokenize(prompt, [len(clip)], settings=settings)
-            embeds, _ = model.embed_inputs(ids["input_ids"].to(device), video_embeds=visual)
-        clock = _FirstTokenClock(timer)
-        gen_kwargs = dict(do_sample=do_sample)
-        if do_sample:
-            gen_kwargs.update(temperature=temperature, top_p=top_p)
         timer._sync()
-        started = time.perf_counter()
+        gen_start = time.perf_counter()
         out = model.generate(
-            inputs_embeds=embeds,
-            attention_mask=ids["attention_mask"].to(device),
+            inputs_embeds=prepared.inputs_embeds,
+            attention_mask=prepared.attention_mask,
             max_new_tokens=max_new_tokens,
             streamer=clock,
             pad_token_id=processor.tokenizer.pad_token_id,
@@ -170,14 +198,14 @@ def ask(
         timer._sync()
         finished = time.perf_counter()
     first = clock.first_token_at if clock.first_token_at is not None else finished
-    timer.timings["prefill"] = first - started
+    timer.timings["prefill"] = first - gen_start
     timer.timings["decoding"] = finished - first
     new_tokens = out[0]
     return Answer(
         text=processor.decode(new_tokens).strip(),
         num_frames=len(clip),
-        visual_tokens=int(visual.shape[0]),
-        prompt_tokens=int(ids["input_ids"].shape[1]),
+        visual_tokens=prepared.visual_tokens,
+        prompt_tokens=prepared.prompt_tokens,
         new_tokens=int(new_tokens.shape[0]),
         settings=settings,
         timings=timer.timings,

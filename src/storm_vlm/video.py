@@ -130,7 +130,7 @@ def _open(path: Path):
     if not path.exists():
         raise VideoNotFoundError(f"{path}: no such file")
     if path.is_dir():
-        raise VideoError(f"{path}: is a directory, not a video")
+        raise VideoError(f"{path}: is a directory, not a video")  # (frame folders are handled before)
     if path.stat().st_size == 0:
         raise EmptyVideoError(f"{path}: file is empty")
     try:
@@ -305,6 +305,34 @@ def _to_rgb(frame) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
+def _sample_frame_folder(
+    path: Path,
+    num_frames: int | None,
+    max_frames: int | None,
+    start: float | None,
+    end: float | None,
+    on_short: OnShort,
+    fps: float,
+) -> VideoClip:
+    """A folder of frame images (e.g. MVBench's TVQA frames at 3 fps), sampled like a video."""
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise CorruptVideoError(f"{path}: a folder without frame images")
+    times = np.arange(len(files)) / fps
+    duration = len(files) / fps
+    t0 = 0.0 if start is None else float(start)
+    t1 = duration if end is None else float(end)
+    candidates = np.flatnonzero((times >= t0 - 1e-9) & (times < t1 - 1e-9))
+    if len(candidates) == 0:
+        raise VideoError(f"{path}: no frame lies in the window {t0:.2f}-{t1:.2f} s")
+    want = num_frames if num_frames is not None else min(max_frames or len(candidates), len(candidates))
+    chosen = _select_uniform(candidates, want, on_short, path)
+    frames = np.stack([load_image(files[i]).frames[0] for i in chosen])
+    return VideoClip(
+        frames, times[chosen], chosen, fps, duration, frames.shape[1:3], len(files), str(path), len(chosen)
+    )
+
+
 def load_image(path: str | Path) -> VideoClip:
     """An image file as a one-frame clip (EXIF orientation applied)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -334,8 +362,9 @@ def sample_frames(
     end: float | None = None,
     on_short: OnShort = "all",
     progress: Progress | None = None,
+    frame_fps: float = 1.0,
 ) -> VideoClip:
-    """Sample frames from a video (or an image, as a one-frame clip).
+    """Sample frames from a video, a folder of frame images, or an image (a one-frame clip).
 
     Args:
         num_frames: N frames uniformly over the clip (first and last included).
@@ -344,6 +373,7 @@ def sample_frames(
         start, end: optional window ``[start, end)`` in seconds from the start of the stream.
         on_short: what to do when ``num_frames`` exceeds the frames available (module doc).
         progress: called as ``progress(done, total)`` after each kept frame.
+        frame_fps: the rate of a folder of frame images (sorted by name), for ``start``/``end``.
 
     Raises:
         VideoError: with a one-line message, for any file that cannot give the frames.
@@ -359,6 +389,8 @@ def sample_frames(
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return load_image(path)
+    if path.is_dir():
+        return _sample_frame_folder(path, num_frames, max_frames, start, end, on_short, frame_fps)
 
     container, stream = _open(path)
     try:

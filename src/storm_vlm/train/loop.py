@@ -118,7 +118,9 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     accelerator = Accelerator(
-        gradient_accumulation_steps=recipe.optim.grad_accum, mixed_precision=recipe.mixed_precision
+        gradient_accumulation_steps=recipe.optim.grad_accum,
+        mixed_precision=recipe.mixed_precision,
+        cpu=not torch.cuda.is_available(),  # CPU-only: several processes form a gloo group (DDP on CPU)
     )
     is_main = accelerator.is_main_process
     set_seed(recipe.seed)
@@ -248,6 +250,7 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
                     "tokens_per_s": float(stats[3]) / elapsed,
                     "samples_per_s": float(stats[4]) / elapsed,
                     "skipped": len(skipped),
+                    "processes": accelerator.num_processes,
                 }
                 window = {k: 0 for k in window} | {"loss": 0.0, "t0": time.perf_counter()}
                 if is_main:

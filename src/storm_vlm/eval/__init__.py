@@ -1,0 +1,87 @@
+"""Evaluation: the paper's four benchmarks and custom multiple-choice sets, frame sweeps.
+
+    storm-vlm eval runs/storm-7b --benchmark mvbench --data-root /data/MVBench --frames 16,32,64
+
+See ``docs/benchmarks.md`` for each benchmark's local layout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from .benchmarks import BENCHMARKS, load_benchmark
+from .items import MCItem, parse_letter
+from .runner import EvalSettings, evaluate
+from .sweep import plot_lines, sweep_table
+
+__all__ = ["BENCHMARKS", "EvalSettings", "MCItem", "evaluate", "load_benchmark", "parse_letter", "run_benchmark"]
+
+
+def run_benchmark(
+    model_dir: str | Path,
+    benchmark: str,
+    data_root: str | Path,
+    frames: list[int],
+    temporal_pool: int | None = None,
+    spatial_pool: int | None = None,
+    temporal_sampling: int | None = None,
+    out: str | Path | None = None,
+    limit: int | None = None,
+    scoring: str = "generate",
+    tasks: list[str] | None = None,
+    device: str | None = None,
+    console: Console | None = None,
+) -> dict[int, dict[str, Any]]:
+    """Evaluate a model directory on a benchmark at one or more frame counts.
+
+    Writes ``OUT/frames-N/{predictions*.jsonl,results.json,summary.md}`` per frame count and, for a
+    sweep, ``OUT/sweep.md`` and ``OUT/sweep.png`` (accuracy vs frames). Returns results per N.
+    """
+    import torch
+
+    from ..inference import load_model
+
+    console = console or Console()
+    if scoring not in ("generate", "loglik"):
+        raise ValueError(f"scoring must be generate or loglik, got {scoring!r}")
+    bench, items, problems = load_benchmark(benchmark, data_root)
+    if tasks:
+        unknown = sorted(set(tasks) - {it.task for it in items})
+        if unknown:
+            raise ValueError(f"unknown task(s) {', '.join(unknown)} in {benchmark}")
+        items = [it for it in items if it.task in tasks]
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, processor = load_model(model_dir, device=device)
+    reduction = model.reduction_settings(temporal_pool, spatial_pool, temporal_sampling)
+    out = Path(out) if out is not None else Path("outputs") / "eval" / f"{benchmark}-{Path(model_dir).name}"
+    if problems:
+        console.print(
+            f"[yellow]{len(problems)} malformed {benchmark} entr(ies) skipped[/yellow] (listed in summary.md)"
+        )
+    config = {"benchmark": benchmark, "model": str(model_dir), "data_root": str(data_root), "tasks": tasks}
+    results: dict[int, dict[str, Any]] = {}
+    for n in frames:
+        settings = EvalSettings(num_frames=n, reduction=reduction, scoring=scoring, limit=limit)
+        res = evaluate(model, processor, items, bench.prompt, settings, out / f"frames-{n}", config, problems, console)
+        if res is not None:
+            results[n] = res
+            acc = res["overall"]["accuracy"]
+            console.print(
+                f"{benchmark} {n} frames: accuracy {'—' if acc is None else f'{100 * acc:.1f}%'} "
+                f"({res['overall']['answered']} answered, {res['overall']['errors']} errors) → {out / f'frames-{n}'}"
+            )
+    if len(frames) > 1 and results:
+        label = f"{Path(model_dir).name} {reduction}"
+        points = {label: [(n, r["overall"]["accuracy"], r["mean_visual_tokens"]) for n, r in sorted(results.items())]}
+        (out / "sweep.md").write_text(f"# {benchmark}: accuracy vs input frames\n\n" + sweep_table(points))
+        plot_lines(
+            {label: [(n, 100 * a) for n, a, _ in pts if a is not None] for label, pts in points.items()},
+            out / "sweep.png",
+            xlabel="input frames",
+            title=f"{benchmark}: accuracy vs frames",
+        )
+        console.print(f"sweep table and plot: {out / 'sweep.md'}, {out / 'sweep.png'}")
+    return results

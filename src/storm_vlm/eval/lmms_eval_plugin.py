@@ -1,0 +1,148 @@
+"""lmms-eval model plugin: ``lmms-eval --model storm_vlm --model_args pretrained=DIR,num_frames=64``.
+
+Registered through the ``lmms_eval.models`` entry point (``pyproject.toml``), which lmms-eval
+(v0.7.x) loads at start-up, so installing storm-vlm next to lmms-eval is enough. Implements the
+"simple" model interface of ``lmms_eval.api.model.lmms``: ``generate_until``, ``loglikelihood``
+and ``generate_until_multi_round``, reading each request's ``args`` as lmms-eval's
+``construct_requests`` lays them out:
+
+- generate_until: ``(context, gen_kwargs, doc_to_visual, doc_id, task, split)``
+- loglikelihood: ``(context, doc_to_target, doc_to_visual, doc_id, task, split)``
+
+Without lmms-eval installed the class still imports (on a minimal base) so that it can be tested.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+try:  # pragma: no cover - exercised only where lmms-eval is installed
+    from lmms_eval.api.model import lmms as _Base
+except Exception:  # lmms-eval is an optional extra (storm-vlm[eval])
+
+    class _Base:  # the part of lmms-eval's base class the plugin relies on
+        def __init__(self) -> None:
+            self.task_dict: dict = {}
+
+
+__all__ = ["StormLmms", "manifest"]
+
+
+def manifest():
+    """Entry-point payload for lmms-eval's model registry."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id="storm_vlm", simple_class_path="storm_vlm.eval.lmms_eval_plugin.StormLmms")
+
+
+def _as_bool(value: Any) -> bool:
+    return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+
+
+class StormLmms(_Base):
+    """A STORM model directory as an lmms-eval model."""
+
+    is_simple = True
+
+    def __init__(
+        self,
+        pretrained: str,
+        num_frames: int = 32,
+        temporal_pool: int | None = None,
+        spatial_pool: int | None = None,
+        temporal_sampling: int | None = None,
+        device: str | None = None,
+        max_new_tokens: int = 32,
+        batch_size: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        from ..inference import load_model
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.processor = load_model(pretrained, device=device)
+        self.num_frames = int(num_frames)
+        self.settings = self.model.reduction_settings(
+            *(int(v) if v is not None else None for v in (temporal_pool, spatial_pool, temporal_sampling))
+        )
+        self.max_new_tokens = int(max_new_tokens)
+        self.batch_size_per_gpu = int(batch_size)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _clip(self, visuals: Any):
+        from ..video import VideoClip, sample_frames
+
+        visual = visuals[0] if isinstance(visuals, (list, tuple)) and visuals else visuals
+        if isinstance(visual, (str, bytes)) or hasattr(visual, "__fspath__"):
+            return sample_frames(visual, num_frames=self.num_frames)
+        if hasattr(visual, "convert"):  # a PIL image
+            frame = np.asarray(visual.convert("RGB"))
+            h, w = frame.shape[:2]
+            return VideoClip(frame[None], np.zeros(1), np.zeros(1, np.int64), 0.0, 0.0, (h, w), 1, is_image=True)
+        raise ValueError(f"unsupported visual input {type(visual).__name__}")
+
+    def _visuals(self, doc_to_visual, doc_id, task, split) -> Any:
+        return doc_to_visual(self.task_dict[task][split][doc_id])
+
+    # -- lmms-eval interface ------------------------------------------------------------------
+    def generate_until(self, requests) -> list[str]:
+        from ..inference import prepare_inputs
+
+        outputs = []
+        for request in requests:
+            context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
+            clip = self._clip(self._visuals(doc_to_visual, doc_id, task, split))
+            prepared = prepare_inputs(self.model, self.processor, clip, context, self.settings)
+            gen_kwargs = dict(gen_kwargs or {})
+            until = gen_kwargs.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            temperature = float(gen_kwargs.get("temperature", 0) or 0)
+            with torch.inference_mode():
+                out = self.model.generate(
+                    inputs_embeds=prepared.inputs_embeds,
+                    attention_mask=prepared.attention_mask,
+                    max_new_tokens=int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)),
+                    do_sample=temperature > 0 and _as_bool(gen_kwargs.get("do_sample", True)),
+                    temperature=temperature if temperature > 0 else None,
+                    top_p=gen_kwargs.get("top_p") if temperature > 0 else None,
+                    pad_token_id=self.processor.tokenizer.pad_token_id,
+                    eos_token_id=self.processor.stop_token_ids,
+                )
+            text = self.processor.decode(out[0])
+            for stop in until:
+                if stop and stop in text:
+                    text = text.split(stop)[0]
+            outputs.append(text.strip())
+        return outputs
+
+    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
+        """log p(continuation | context, visuals) summed over its tokens, and whether greedy decoding
+        would have produced it."""
+        from ..inference import prepare_inputs
+
+        results = []
+        for request in requests:
+            context, doc_to_target, doc_to_visual, doc_id, task, split = request.args
+            doc = self.task_dict[task][split][doc_id]
+            continuation = doc_to_target(doc) if callable(doc_to_target) else str(doc_to_target)
+            clip = self._clip(doc_to_visual(doc))
+            prepared = prepare_inputs(self.model, self.processor, clip, context, self.settings)
+            ids = self.processor.tokenizer(continuation, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            ids = ids.to(self.model.device)
+            with torch.inference_mode():
+                cont = self.model.get_input_embeddings()(ids)
+                embeds = torch.cat([prepared.inputs_embeds, cont], dim=1)
+                mask = torch.cat([prepared.attention_mask, torch.ones_like(ids)], dim=1)
+                logits = self.model(inputs_embeds=embeds, attention_mask=mask).logits[0]
+                n = ids.shape[1]
+                logprobs = torch.log_softmax(logits[-n - 1 : -1].float(), -1)
+                picked = logprobs.gather(-1, ids[0][:, None])[:, 0]
+                greedy = bool((logprobs.argmax(-1) == ids[0]).all())
+            results.append((float(picked.sum()), greedy))
+        return results
+
+    def generate_until_multi_round(self, requests) -> list[str]:
+        raise NotImplementedError("storm_vlm answers single-round tasks; multi-round generation is not supported")
