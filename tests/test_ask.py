@@ -92,3 +92,13 @@ def test_bad_inputs_exit_2_with_one_line(model_dir, clips, tmp_path):
         assert proc.returncode == 2, (args, proc.stderr)
         assert message in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_token_budget_in_ask(model_dir, clips):
+    model, processor = load_model(model_dir)
+    answer = ask(model, processor, clips["qcif"], "Q?", num_frames=32, token_budget=100, max_new_tokens=2)
+    assert answer.visual_tokens <= 100 and answer.settings.temporal_pool == 4 and answer.settings.temporal_sampling == 2
+    with pytest.raises(ValueError, match="not both"):
+        ask(model, processor, clips["qcif"], "Q?", token_budget=100, temporal_pool=2)
+    result = runner.invoke(app, ["ask", str(model_dir), str(clips["qcif"]), "Q", "--token-budget", "64", "--stats"])
+    assert result.exit_code == 0 and "k=4 p=1 s=2" in result.output  # 32 frames x 16 tokens into 64

@@ -90,3 +90,29 @@ def test_projector_shapes_for_both_kinds():
     assert isinstance(Projector(12, 20, kind="storm").proj, torch.nn.Linear)
     with pytest.raises(ValueError, match="unknown projector"):
         Projector(12, 20, kind="conv")
+
+
+def test_token_budget_follows_the_papers_order():
+    from storm_vlm.modeling.reduction import settings_for_budget
+
+    grid = (16, 16)
+    assert settings_for_budget(32768, 128, grid) == ReductionSettings(1, 1, 1)
+    assert settings_for_budget(20000, 128, grid) == ReductionSettings(2, 1, 1)  # pooling first
+    assert settings_for_budget(8192, 128, grid) == ReductionSettings(4, 1, 1)
+    assert settings_for_budget(4096, 128, grid) == ReductionSettings(4, 1, 2)  # then sampling
+    assert settings_for_budget(1024, 128, grid, allow_spatial=True) == ReductionSettings(4, 2, 2)
+    assert settings_for_budget(1024, 128, grid) == ReductionSettings(4, 1, 8)
+    with pytest.raises(ValueError, match="cannot fit"):
+        settings_for_budget(10, 128, grid)
+
+
+@settings(max_examples=50, deadline=None)
+@given(budget=st.integers(1, 5000), frames=st.integers(1, 300))
+def test_token_budget_is_respected(budget, frames):
+    from storm_vlm.modeling.reduction import settings_for_budget
+
+    try:
+        chosen = settings_for_budget(budget, frames, (4, 4), allow_spatial=True)
+    except ValueError:
+        return
+    assert num_visual_tokens(frames, (4, 4), chosen) <= budget

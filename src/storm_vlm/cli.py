@@ -70,6 +70,9 @@ def ask(
     spatial_pool: Annotated[int | None, typer.Option(min=1, help="p, spatial pooling (model default).")] = None,
     sample: Annotated[int | None, typer.Option(min=1, help="s, test-time temporal sampling (model default).")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
+    token_budget: Annotated[
+        int | None, typer.Option(min=1, help="Fit at most N visual tokens (chooses k, then s).")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, mps (default: cuda if available).")] = None,
     stats: Annotated[bool, typer.Option(help="Also print frames, visual tokens and time per stage.")] = False,
 ) -> None:
@@ -109,6 +112,7 @@ def ask(
         spatial_pool=spatial_pool,
         temporal_sampling=sample,
         max_new_tokens=max_new_tokens,
+        token_budget=token_budget,
     )
     answer.timings["decode"] = decode_seconds
     if answer.text:
@@ -175,6 +179,9 @@ def eval_(
     spatial_pool: Annotated[int | None, typer.Option(min=1, help="p (model default).")] = None,
     sample: Annotated[int | None, typer.Option(min=1, help="s, test-time sampling (model default).")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions.")] = None,
+    token_budget: Annotated[
+        int | None, typer.Option(min=1, help="Fit at most N visual tokens per question (chooses k, then s).")
+    ] = None,
     tasks: Annotated[str | None, typer.Option(help="Only these tasks, comma-separated.")] = None,
     scoring: Annotated[Scoring, typer.Option(help="Parse a generated letter, or compare letter log-likelihoods.")] = (
         Scoring.generate
@@ -207,6 +214,7 @@ def eval_(
         tasks=[t.strip() for t in tasks.split(",")] if tasks else None,
         device=device,
         console=console,
+        token_budget=token_budget,
     )
 
 

@@ -23,7 +23,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from .model_dir import ModelLoadError, check_model_dir
 from .modeling.modeling_storm import StormForConditionalGeneration
-from .modeling.reduction import ReductionSettings, reduce_tokens
+from .modeling.reduction import ReductionSettings, reduce_tokens, settings_for_budget
 from .processing_storm import StormProcessor
 from .video import Progress, VideoClip, sample_frames
 
@@ -160,12 +160,17 @@ def ask(
     temperature: float = 1.0,
     top_p: float = 1.0,
     progress: Progress | None = None,
+    token_budget: int | None = None,
 ) -> Answer:
     """Answer ``question`` about a video/image file (or an already decoded :class:`VideoClip`).
 
     Frames: ``num_frames`` uniformly (default 32, the paper's SFT setting), or ``fps`` with a
-    ``max_frames`` cap. Reduction: the model config's k/p/s unless overridden.
+    ``max_frames`` cap. Reduction: the model config's k/p/s unless overridden, or, with
+    ``token_budget``, the least compression that fits that many visual tokens
+    (:func:`~storm_vlm.modeling.reduction.settings_for_budget`; reported in ``Answer.settings``).
     """
+    if token_budget is not None and any(v is not None for v in (temporal_pool, spatial_pool, temporal_sampling)):
+        raise ValueError("give a token budget or explicit temporal_pool / spatial_pool / temporal_sampling, not both")
     settings = model.reduction_settings(temporal_pool, spatial_pool, temporal_sampling)
     started = time.perf_counter()
     if isinstance(media, VideoClip):
@@ -176,6 +181,8 @@ def ask(
             media, num_frames=frames_arg, fps=fps, max_frames=max_frames, start=start, end=end, progress=progress
         )
     decode_seconds = time.perf_counter() - started
+    if token_budget is not None:
+        settings = settings_for_budget(token_budget, len(clip), model.config.token_grid)
     prepared = prepare_inputs(model, processor, clip, question, settings)
     timer = prepared.timer
     timer.timings["decode"] = decode_seconds

@@ -12,6 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ..modeling.reduction import settings_for_budget
 from .benchmarks import BENCHMARKS, load_benchmark
 from .items import MCItem, parse_letter
 from .runner import EvalSettings, evaluate
@@ -34,11 +35,13 @@ def run_benchmark(
     tasks: list[str] | None = None,
     device: str | None = None,
     console: Console | None = None,
+    token_budget: int | None = None,
 ) -> dict[int, dict[str, Any]]:
     """Evaluate a model directory on a benchmark at one or more frame counts.
 
     Writes ``OUT/frames-N/{predictions*.jsonl,results.json,summary.md}`` per frame count and, for a
     sweep, ``OUT/sweep.md`` and ``OUT/sweep.png`` (accuracy vs frames). Returns results per N.
+    With ``token_budget``, each frame count gets the least compression that fits the budget.
     """
     import torch
 
@@ -63,7 +66,12 @@ def run_benchmark(
         )
     config = {"benchmark": benchmark, "model": str(model_dir), "data_root": str(data_root), "tasks": tasks}
     results: dict[int, dict[str, Any]] = {}
+    if token_budget is not None and any(v is not None for v in (temporal_pool, spatial_pool, temporal_sampling)):
+        raise ValueError("give --token-budget or explicit --temporal-pool / --spatial-pool / --sample, not both")
     for n in frames:
+        if token_budget is not None:
+            reduction = settings_for_budget(token_budget, n, model.config.token_grid)
+            console.print(f"{n} frames, budget {token_budget} visual tokens → {reduction}")
         settings = EvalSettings(num_frames=n, reduction=reduction, scoring=scoring, limit=limit)
         res = evaluate(model, processor, items, bench.prompt, settings, out / f"frames-{n}", config, problems, console)
         if res is not None:
@@ -74,7 +82,7 @@ def run_benchmark(
                 f"({res['overall']['answered']} answered, {res['overall']['errors']} errors) → {out / f'frames-{n}'}"
             )
     if len(frames) > 1 and results:
-        label = f"{Path(model_dir).name} {reduction}"
+        label = f"{Path(model_dir).name} " + (f"budget {token_budget}" if token_budget else str(reduction))
         points = {label: [(n, r["overall"]["accuracy"], r["mean_visual_tokens"]) for n, r in sorted(results.items())]}
         (out / "sweep.md").write_text(f"# {benchmark}: accuracy vs input frames\n\n" + sweep_table(points))
         plot_lines(

@@ -23,6 +23,7 @@ __all__ = [
     "num_visual_tokens",
     "reduce_tokens",
     "reduced_shape",
+    "settings_for_budget",
     "spatial_pool",
     "temporal_pool",
     "temporal_sample",
@@ -131,3 +132,42 @@ def num_visual_tokens(num_frames: int, grid: tuple[int, int], settings: Reductio
     """Visual tokens reaching the LLM for one clip: T'·N'."""
     frames, per_frame = reduced_shape(num_frames, grid, settings)
     return frames * per_frame
+
+
+def settings_for_budget(
+    budget: int,
+    num_frames: int,
+    grid: tuple[int, int],
+    max_temporal_pool: int = 4,
+    allow_spatial: bool = False,
+) -> ReductionSettings:
+    """The least compression that fits ``budget`` visual tokens, in the paper's order of preference.
+
+    1. temporal pooling k = 1, 2, 4, … up to ``max_temporal_pool`` (what the model was trained
+       with): the paper finds pooling after the Mamba module loses least;
+    2. then test-time temporal sampling s = 2 (training-free, Eq. 8; the paper's setting);
+    3. then spatial pooling p = 2 (2×2, the paper's setting), only if ``allow_spatial``;
+    4. then stronger sampling s = 4, 8, … (with p = 2 if allowed), then stronger p.
+
+    Raises ``ValueError`` when even the strongest setting does not fit.
+    """
+    if budget < 1:
+        raise ValueError(f"token budget must be >= 1, got {budget}")
+    ks = [k for k in (1, 2, 4, 8, 16, 32) if k <= max_temporal_pool] or [1]
+    k = ks[-1]
+    p2 = 2 if allow_spatial else 1
+    candidates = [ReductionSettings(kk, 1, 1) for kk in ks] + [ReductionSettings(k, 1, 2)]
+    if allow_spatial:
+        candidates.append(ReductionSettings(k, 2, 2))
+    candidates += [ReductionSettings(k, p2, s) for s in (4, 8, 16, 32, 64)]
+    if allow_spatial:
+        candidates += [ReductionSettings(k, p, 64) for p in (3, 4, 6, 8)]
+    for settings in candidates:
+        if num_visual_tokens(num_frames, grid, settings) <= budget:
+            return settings
+    strongest = candidates[-1]
+    raise ValueError(
+        f"{num_frames} frames cannot fit {budget} visual tokens (the strongest setting, {strongest}, gives "
+        f"{num_visual_tokens(num_frames, grid, strongest)}); use fewer frames"
+        + ("" if allow_spatial else " or allow spatial pooling")
+    )
