@@ -58,6 +58,7 @@ def test_python_api_matches_the_model_forward(model_dir, clips):
     import torch
 
     model, processor = load_model(model_dir)
+    model.config.vision_chunk_size = 3  # the staged pipeline preprocesses and encodes 3 frames at a time
     answer = ask(model, processor, clips["qcif"], "Q?", num_frames=8, temporal_pool=4, max_new_tokens=3)
     assert answer.num_frames == 8 and answer.visual_tokens == 2 * 16 and answer.new_tokens <= 3
     assert set(answer.timings) == {"decode", "preprocess", "vision", "temporal", "prefill", "decoding"}

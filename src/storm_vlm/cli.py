@@ -218,6 +218,53 @@ def eval_(
     )
 
 
+class BenchPreset(str, Enum):
+    tiny = "tiny"
+    small = "small"
+    shapes_7b = "7b-shapes"
+
+
+@app.command()
+def bench(
+    preset: Annotated[BenchPreset, typer.Option(help="tiny, small (paper proportions, CPU minutes), 7b-shapes.")] = (
+        BenchPreset.small
+    ),
+    frames: Annotated[str, typer.Option(help="Frame counts, comma-separated.")] = "32,128",
+    configs: Annotated[str, typer.Option(help="none, k4, k4s2, k4s2p2, mlp (comma-separated).")] = (
+        "none,k4,k4s2,k4s2p2,mlp"
+    ),
+    model: Annotated[Path | None, typer.Option(help="Measure this model directory instead of a preset.")] = None,
+    token_budget: Annotated[int | None, typer.Option(min=1, help="Fit every cell into N visual tokens.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for bench.md, bench.json and plots.")] = Path("outputs/bench"),
+) -> None:
+    """Tokens, FLOPs, latency per stage and memory for each compression setting, side by side."""
+    from .bench import run_bench
+    from .bench.report import write_report
+
+    try:
+        frame_counts = [int(f) for f in frames.split(",") if f.strip()]
+    except ValueError:
+        raise UserError(f"--frames must be comma-separated integers, got {frames!r}") from None
+    names = [c.strip() for c in configs.split(",") if c.strip()]
+    cells = run_bench(
+        preset.value,
+        frame_counts,
+        names,
+        model_dir=str(model) if model else None,
+        token_budget=token_budget,
+        log=lambda msg: err_console.print(f"[dim]{msg}[/dim]"),
+    )
+    what = {
+        "tiny": "tiny random STORM (tests)",
+        "small": "small random STORM with the paper's proportions (LLM ~17x the vision tower), 64 tokens/frame",
+        "7b-shapes": "SigLIP-So400m-448 + Qwen2-7B, arithmetic from configs only (no weights, no timings)",
+    }[preset.value]
+    title = f"storm-vlm bench: {model or what}"
+    write_report(cells, out, title)
+    console.print((out / "bench.md").read_text(), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"wrote {out / 'bench.md'}, {out / 'bench.json'} and plots")
+
+
 @app.command()
 def synth(
     out: Annotated[Path, typer.Option(help="Folder for the clips and train.json.")],

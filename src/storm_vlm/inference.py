@@ -120,11 +120,17 @@ def prepare_inputs(
     """Run the visual stages (timed: preprocess, vision, temporal) and embed the prompt."""
     device = model.device
     timer = StageTimer(device)
-    with timer.stage("preprocess"):
-        pixels = processor.preprocess_frames(clip.frames).to(device=device, dtype=model.dtype)
+    chunk = model.config.vision_chunk_size
+    parts = []
     with torch.inference_mode():
-        with timer.stage("vision"):
-            tokens = model.encode_video(pixels[None])  # (1, T, N, D)
+        # Frames are resized and encoded chunk by chunk: all frames at model resolution never
+        # exist at once (1024 frames at 448 px would be 2.4 GB of fp32 pixels).
+        for lo in range(0, len(clip), chunk):
+            with timer.stage("preprocess"):
+                pixels = processor.preprocess_frames(clip.frames[lo : lo + chunk]).to(device=device, dtype=model.dtype)
+            with timer.stage("vision"):
+                parts.append(model.encode_video(pixels[None]))  # (1, t, N, D)
+        tokens = torch.cat(parts, dim=1)  # (1, T, N, D)
         with timer.stage("temporal"):
             tokens = model.apply_temporal(tokens)
             tokens, _ = reduce_tokens(tokens, model.config.token_grid, settings)  # (1, T', N', D)

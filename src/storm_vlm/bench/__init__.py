@@ -1,0 +1,245 @@
+"""`storm-vlm bench`: tokens, FLOPs, latency per stage and peak memory, per compression setting.
+
+Configurations (paper §4, Fig. 8): ``none`` (STORM, no reduction), ``k4`` (temporal pooling),
+``k4s2`` (+ test-time sampling), ``k4s2p2`` (+ 2×2 spatial pooling), ``mlp`` (the no-Mamba
+baseline, no reduction). Each (configuration, frames) cell runs in a fresh process, so its peak
+memory is its own. Presets: ``tiny`` (tests), ``small`` (a random model with the paper's
+proportions: the LLM has ~17x the vision tower's parameters and dominates uncompressed latency),
+``7b-shapes`` (SigLIP-So400m-448 + Qwen2-7B arithmetic from configs only, no weights).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..configuration_storm import StormConfig
+from ..modeling.reduction import ReductionSettings, num_visual_tokens, settings_for_budget
+from .flops import activation_bytes, kv_cache_bytes, stage_flops
+
+__all__ = ["CONFIGS", "BenchCell", "run_bench"]
+
+CONFIGS: dict[str, tuple[str, ReductionSettings]] = {
+    "none": ("storm", ReductionSettings(1, 1, 1)),
+    "k4": ("storm", ReductionSettings(4, 1, 1)),
+    "k4s2": ("storm", ReductionSettings(4, 1, 2)),
+    "k4s2p2": ("storm", ReductionSettings(4, 2, 2)),
+    "mlp": ("mlp", ReductionSettings(1, 1, 1)),
+}
+STAGES = ("decode", "vision", "temporal", "prefill", "decoding")
+NEW_TOKENS = 16
+
+
+@dataclass
+class BenchCell:
+    config: str
+    frames: int
+    visual_tokens: int
+    settings: str
+    flops: dict[str, float]
+    latency_s: dict[str, float] | None = None
+    ttft_s: float | None = None
+    decode_tokens_per_s: float | None = None
+    peak_rss_mib: float | None = None
+    kv_cache_mib: float | None = None
+
+
+def small_model_config(projector_type: str = "storm") -> StormConfig:
+    """SigLIP-like 224 px / 14 px tower (256 → 64 tokens per frame), Qwen2-like LLM with ~17x its parameters."""
+    from ..presets import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    video_id, image_id = tok.convert_tokens_to_ids(["<video>", "<image>"])
+    return StormConfig(
+        vision_config=dict(
+            model_type="siglip_vision_model", hidden_size=256, intermediate_size=1024, num_hidden_layers=6,
+            num_attention_heads=4, image_size=224, patch_size=14, vision_use_head=False,
+        ),
+        text_config=dict(
+            model_type="qwen2", vocab_size=576, hidden_size=640, intermediate_size=1728, num_hidden_layers=18,
+            num_attention_heads=10, num_key_value_heads=2, max_position_embeddings=131072, tie_word_embeddings=True,
+        ),
+        projector_type=projector_type, video_token_id=video_id, image_token_id=image_id, temporal_layers=2,
+    )  # fmt: skip
+
+
+def preset_config(preset: str, projector_type: str = "storm") -> StormConfig:
+    if preset == "7b-shapes":
+        return StormConfig(projector_type=projector_type, video_token_id=151665, image_token_id=151666)
+    if preset == "small":
+        return small_model_config(projector_type)
+    if preset == "tiny":
+        from ..presets import tiny_config, tiny_tokenizer
+
+        tok = tiny_tokenizer()
+        video_id, image_id = tok.convert_tokens_to_ids(["<video>", "<image>"])
+        return tiny_config(len(tok), video_id, image_id, projector_type=projector_type)
+    raise ValueError(f"unknown bench preset {preset!r} (tiny, small, 7b-shapes)")
+
+
+def _build(preset: str, projector_type: str, model_dir: str | None):
+    import torch
+
+    from ..presets import tiny_image_processor, tiny_tokenizer
+    from ..processing_storm import StormProcessor
+
+    if model_dir is not None:
+        from ..inference import load_model
+
+        return load_model(model_dir)
+    from ..modeling.modeling_storm import StormForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = preset_config(preset, projector_type)
+    model = StormForConditionalGeneration(config).eval()
+    size = config.vision_config.image_size
+    processor = StormProcessor.from_config(tiny_image_processor(), tiny_tokenizer(), config)
+    processor.image_processor.size = {"height": size, "width": size}
+    return model, processor
+
+
+def _measure_cell(args: dict[str, Any]) -> dict[str, Any]:
+    """One (configuration, frames) cell, timed stage by stage (runs in its own process)."""
+    import torch
+
+    from ..inference import StageTimer, prepare_inputs
+    from ..video import sample_frames
+
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    model, processor = _build(args["preset"], args["projector"], args.get("model_dir"))
+    settings = ReductionSettings(*args["settings"])
+    warm = sample_frames(args["video"], num_frames=2)  # load kernels (numba cache, torch) before timing
+    warm_inputs = prepare_inputs(model, processor, warm, "Describe.", settings)
+    with torch.inference_mode():
+        model(inputs_embeds=warm_inputs.inputs_embeds, attention_mask=warm_inputs.attention_mask)
+    started = time.perf_counter()
+    clip = sample_frames(args["video"], num_frames=args["frames"])
+    decode_s = time.perf_counter() - started
+    prepared = prepare_inputs(model, processor, clip, "Describe what happens in the video.", settings)
+    timer: StageTimer = prepared.timer
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        out = model(
+            inputs_embeds=prepared.inputs_embeds,
+            attention_mask=prepared.attention_mask,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        prefill_s = time.perf_counter() - t0
+        cache, next_id = out.cache if hasattr(out, "cache") else out.past_key_values, out.logits[:, -1:].argmax(-1)
+        mask = prepared.attention_mask
+        t1 = time.perf_counter()
+        for _ in range(NEW_TOKENS):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            step = model(input_ids=next_id, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
+            cache, next_id = (
+                step.cache if hasattr(step, "cache") else step.past_key_values,
+                step.logits[:, -1:].argmax(-1),
+            )
+        decoding_s = time.perf_counter() - t1
+    latency = {
+        "decode": decode_s,
+        "vision": timer.timings["preprocess"] + timer.timings["vision"],
+        "temporal": timer.timings["temporal"],
+        "prefill": prefill_s,
+        "decoding": decoding_s,
+    }
+    return {
+        "latency_s": latency,
+        "ttft_s": sum(latency[k] for k in ("decode", "vision", "temporal", "prefill")),
+        "decode_tokens_per_s": NEW_TOKENS / decoding_s,
+        "visual_tokens": prepared.visual_tokens,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss,
+    }
+
+
+def _make_video(path: Path, frames: int, size: int) -> Path:
+    import numpy as np
+
+    from ..synth import motion_clip
+    from ..video import write_video
+
+    rng = np.random.default_rng(0)
+    write_video(path, motion_clip("red", "right", frames, size, rng), fps=25)
+    return path
+
+
+def run_bench(
+    preset: str = "small",
+    frames: list[int] | tuple[int, ...] = (32, 128),
+    configs: list[str] | tuple[str, ...] = tuple(CONFIGS),
+    model_dir: str | None = None,
+    token_budget: int | None = None,
+    measure: bool = True,
+    workdir: str | Path | None = None,
+    log=print,
+) -> list[BenchCell]:
+    """Every (configuration, frames) cell: analytic tokens and FLOPs, and (``measure``) timings."""
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        raise ValueError(f"unknown bench configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    if preset == "7b-shapes" and measure:
+        measure = False  # shapes only: no weights to run
+    work = Path(workdir or tempfile.mkdtemp(prefix="storm-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cells = []
+    for name in configs:
+        projector, settings = CONFIGS[name]
+        config = preset_config(preset, projector)
+        for n in frames:
+            chosen = settings_for_budget(token_budget, n, config.token_grid) if token_budget else settings
+            fl = stage_flops(config, n, chosen)
+            cell = BenchCell(
+                config=name if not token_budget else f"{name}@budget{token_budget}",
+                frames=n,
+                visual_tokens=num_visual_tokens(n, config.token_grid, chosen),
+                settings=str(chosen),
+                flops={
+                    "vision": fl.vision,
+                    "projector": fl.projector,
+                    "temporal": fl.temporal,
+                    "llm_prefill": fl.llm_prefill,
+                    "llm_token": fl.llm_token,
+                },
+                kv_cache_mib=kv_cache_bytes(config, num_visual_tokens(n, config.token_grid, chosen) + 64) / 2**20,
+            )
+            if measure:
+                video = work / f"clip-{n}-{config.vision_config.image_size}.mp4"
+                if not video.exists():
+                    _make_video(video, n, config.vision_config.image_size)
+                k, p, s = chosen.temporal_pool, chosen.spatial_pool, chosen.temporal_sampling
+                spec = {"preset": preset, "projector": projector, "settings": [k, p, s], "frames": n,
+                        "video": str(video), "model_dir": model_dir}  # fmt: skip
+                payload = json.dumps(spec)
+                log(f"measuring {cell.config} at {n} frames ...")
+                proc = subprocess.run(
+                    [sys.executable, "-m", "storm_vlm.bench", payload], capture_output=True, text=True, timeout=3600
+                )
+                if proc.returncode != 0:
+                    raise RuntimeError(f"bench cell {name}/{n} failed: {proc.stderr.strip().splitlines()[-1:]}")
+                result = json.loads(proc.stdout.strip().splitlines()[-1])
+                cell.latency_s = result["latency_s"]
+                cell.ttft_s = result["ttft_s"]
+                cell.decode_tokens_per_s = result["decode_tokens_per_s"]
+                cell.peak_rss_mib = result["peak_rss_mib"]
+                if result["visual_tokens"] != cell.visual_tokens:
+                    raise RuntimeError(
+                        f"{name}/{n}: measured {result['visual_tokens']} visual tokens, formula {cell.visual_tokens}"
+                    )
+            cells.append(cell)
+    return cells
+
+
+def activation_mib(preset: str, frames: int) -> float:
+    return activation_bytes(preset_config(preset), frames) / 2**20
+
+
+def cells_to_json(cells: list[BenchCell]) -> list[dict[str, Any]]:
+    return [asdict(c) for c in cells]
