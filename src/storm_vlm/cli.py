@@ -260,7 +260,7 @@ def bench(
         "7b-shapes": "SigLIP-So400m-448 + Qwen2-7B, arithmetic from configs only (no weights, no timings)",
     }[preset.value]
     title = f"storm-vlm bench: {model or what}"
-    write_report(cells, out, title)
+    write_report(cells, out, title, plot_title=f"storm-vlm bench ({model.name if model else preset.value})")
     console.print((out / "bench.md").read_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {out / 'bench.md'}, {out / 'bench.json'} and plots")
 

@@ -55,8 +55,10 @@ def ratios(cells: list[BenchCell]) -> list[str]:
     return out
 
 
-def write_report(cells: list[BenchCell], out: str | Path, title: str) -> list[str]:
+def write_report(cells: list[BenchCell], out: str | Path, title: str, plot_title: str | None = None) -> list[str]:
+    """bench.md (table + headline ratios), bench.json and three plots; returns the ratio lines."""
     out = Path(out)
+    short = plot_title or title
     out.mkdir(parents=True, exist_ok=True)
     notes = ratios(cells)
     (out / "bench.md").write_text(markdown_table(cells, title) + "\n" + "\n".join(f"- {n}" for n in notes) + "\n")
@@ -64,15 +66,15 @@ def write_report(cells: list[BenchCell], out: str | Path, title: str) -> list[st
     configs = list(dict.fromkeys(c.config for c in cells))
     plot_lines(
         {cfg: [(c.frames, c.visual_tokens) for c in cells if c.config == cfg] for cfg in configs},
-        out / "tokens_vs_frames.png", xlabel="input frames", ylabel="visual tokens to the LLM", title=title,
+        out / "tokens_vs_frames.png", xlabel="input frames", ylabel="visual tokens to the LLM", title=short,
     )  # fmt: skip
     if any(c.latency_s for c in cells):
         plot_lines(
             {cfg: [(c.frames, c.ttft_s + c.latency_s["decoding"]) for c in cells if c.config == cfg and c.latency_s]
              for cfg in configs},
-            out / "latency_vs_frames.png", xlabel="input frames", ylabel="end-to-end latency (s)", title=title,
+            out / "latency_vs_frames.png", xlabel="input frames", ylabel="end-to-end latency (s)", title=short,
         )  # fmt: skip
-        _stacked(cells, out / "stages.png", title)
+        _stacked(cells, out / "stages.png", short)
     return notes
 
 
