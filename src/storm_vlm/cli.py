@@ -266,6 +266,37 @@ def bench(
 
 
 @app.command()
+def serve(
+    model_dir: Annotated[Path, typer.Argument(help="STORM model directory.")],
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    media_root: Annotated[Path | None, typer.Option(help="Only files under this folder may be read.")] = None,
+    max_frames: Annotated[int, typer.Option(min=1, help="Most frames sampled per request.")] = 128,
+    max_upload_mb: Annotated[int, typer.Option(min=1, help="Largest data: URL upload.")] = 64,
+    max_queue: Annotated[int, typer.Option(min=1, help="Requests allowed to wait (429 beyond).")] = 8,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds per request (504 beyond).")] = 120.0,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+) -> None:
+    """Serve the model behind an OpenAI-compatible API (and live streams) with uvicorn."""
+    import torch
+    import uvicorn
+
+    from .inference import load_model
+    from .model_dir import check_model_dir
+    from .serve import ServerConfig, create_app
+
+    check_model_dir(model_dir)
+    if media_root is not None and not media_root.is_dir():
+        raise UserError(f"--media-root {media_root}: not a directory")
+    model, processor = load_model(model_dir, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    config = ServerConfig(media_root=media_root, max_frames=max_frames, max_upload_mb=max_upload_mb,
+                          max_queue=max_queue, request_timeout_s=timeout)  # fmt: skip
+    app_ = create_app(model, processor, config, model_id=model_dir.name)
+    console.print(f"serving {model_dir} on http://{host}:{port} (media root: {media_root or 'none: data: URLs only'})")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command()
 def synth(
     out: Annotated[Path, typer.Option(help="Folder for the clips and train.json.")],
     samples: Annotated[int, typer.Option(min=1, help="Number of clips.")] = 16,

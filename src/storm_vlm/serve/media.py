@@ -1,0 +1,81 @@
+"""Where request media may come from: files under the media root, or ``data:`` URLs. Nothing else.
+
+Paths are resolved (symlinks included) and must stay inside the media root; remote URLs are
+refused (the server fetches nothing); uploads are size-limited and written to a private temporary
+file that is removed after use.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["MediaError", "resolve_media"]
+
+_SUFFIX = {
+    "video/mp4": ".mp4",
+    "video/webm": ".webm",
+    "video/x-matroska": ".mkv",
+    "video/quicktime": ".mov",
+    "video/x-msvideo": ".avi",
+    "image/gif": ".gif",
+    "image/jpeg": ".jpg",
+    "image/png": ".png",
+    "image/webp": ".webp",
+}
+
+
+class MediaError(Exception):
+    """A media reference the server refuses; ``status`` is the HTTP code to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@contextmanager
+def resolve_media(url: str, media_root: Path | None, max_bytes: int) -> Iterator[Path]:
+    """Yield a local path for ``url`` (a path under ``media_root``, ``file://`` path or ``data:`` URL)."""
+    if not isinstance(url, str) or not url:
+        raise MediaError("media url must be a non-empty string")
+    lowered = url[:16].lower()
+    if lowered.startswith(("http://", "https://", "ftp://", "rtsp://", "rtmp://")):
+        raise MediaError("remote URLs are not fetched (this server has no network access); put the file under "
+                         "--media-root and pass its relative path, or send a data: URL")  # fmt: skip
+    if lowered.startswith("data:"):
+        header, sep, payload = url.partition(",")
+        if not sep or ";base64" not in header:
+            raise MediaError("data: URLs must be base64 encoded (data:video/mp4;base64,...)")
+        mime = header[5:].split(";")[0].strip().lower()
+        if mime not in _SUFFIX:
+            raise MediaError(f"unsupported media type {mime!r} (supported: {', '.join(sorted(_SUFFIX))})", 415)
+        if len(payload) * 3 // 4 > max_bytes:
+            raise MediaError(f"upload larger than the limit of {max_bytes // 2**20} MiB", 413)
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise MediaError("data: URL payload is not valid base64") from None
+        fd, tmp = tempfile.mkstemp(prefix="storm-upload-", suffix=_SUFFIX[mime])
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            yield Path(tmp)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return
+    if media_root is None:
+        raise MediaError("file paths are disabled: start the server with --media-root DIR", 403)
+    raw = url[7:] if lowered.startswith("file://") else url
+    root = media_root.resolve()
+    candidate = Path(raw)
+    path = (candidate if candidate.is_absolute() else root / candidate).resolve()  # follows symlinks
+    if path != root and root not in path.parents:
+        raise MediaError("path is outside the media root", 403)
+    if not path.is_file():
+        raise MediaError(f"no such file under the media root: {raw}", 404)
+    yield path

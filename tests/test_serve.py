@@ -1,0 +1,198 @@
+"""Serving: chat completions with video, SSE streaming, errors, security, backpressure, live streams."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+
+import pytest
+from fastapi.testclient import TestClient
+
+from storm_vlm.presets import build_tiny
+from storm_vlm.serve import ServerConfig, create_app
+
+from .media import make
+
+
+@pytest.fixture(scope="module")
+def media_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("media")
+    make(root / "clip.mp4", num_frames=12, height=32, width=32)
+    (root / "notes.mp4").write_text("not a video")
+    outside = tmp_path_factory.mktemp("outside")
+    make(outside / "secret.mp4", num_frames=4, height=32, width=32)
+    os.symlink(outside / "secret.mp4", root / "link.mp4")
+    return root
+
+
+@pytest.fixture(scope="module")
+def client(media_root):
+    model, processor = build_tiny()
+    causal, causal_processor = build_tiny(bidirectional=False)
+    app = create_app(model, processor, ServerConfig(media_root=media_root, max_frames=16, max_upload_mb=1))
+    stream_app = create_app(causal, causal_processor, ServerConfig(media_root=media_root, stream_window=4))
+    return TestClient(app), TestClient(stream_app)
+
+
+def chat(video_url, text="What happens?", **extra):
+    content = [{"type": "video_url", "video_url": {"url": video_url}}, {"type": "text", "text": text}]
+    return {"model": "storm", "messages": [{"role": "user", "content": content}], "max_tokens": 4, **extra}
+
+
+def test_chat_completion_with_a_video_under_the_media_root(client):
+    api, _ = client
+    r = api.post("/v1/chat/completions", json=chat("clip.mp4", frames=8, temporal_pool=4))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion" and isinstance(body["choices"][0]["message"]["content"], str)
+    assert body["usage"]["visual_tokens"] == 2 * 16 and body["storm"]["frames"] == 8
+    assert body["usage"]["completion_tokens"] <= 4
+
+
+def test_data_url_upload_and_token_budget(client, media_root):
+    api, _ = client
+    data = base64.b64encode((media_root / "clip.mp4").read_bytes()).decode()
+    r = api.post("/v1/chat/completions", json=chat(f"data:video/mp4;base64,{data}", frames=8, token_budget=16))
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["visual_tokens"] <= 16
+
+
+def test_streaming_sends_sse_chunks(client):
+    api, _ = client
+    with api.stream("POST", "/v1/chat/completions", json=chat("clip.mp4", stream=True)) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and "usage" in chunks[-1]
+
+
+@pytest.mark.parametrize(
+    ("url", "status", "message"),
+    [
+        ("../outside/secret.mp4", 403, "outside the media root"),
+        ("/etc/passwd", 403, "outside the media root"),
+        ("link.mp4", 403, "outside the media root"),  # a symlink escaping the root
+        ("http://example.com/v.mp4", 400, "remote URLs are not fetched"),
+        ("missing.mp4", 404, "no such file"),
+        ("notes.mp4", 400, "not a video"),
+        ("data:video/mp4;base64,@@@", 400, "not valid base64"),
+        ("data:application/zip;base64,AAAA", 415, "unsupported media type"),
+        ("data:video/mp4;base64," + "A" * (2 * 2**20), 413, "larger than the limit"),
+    ],
+)
+def test_hostile_media_gets_a_clear_4xx(client, url, status, message):
+    api, _ = client
+    r = api.post("/v1/chat/completions", json=chat(url))
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]["message"]
+
+
+def test_malformed_requests_are_4xx(client):
+    api, _ = client
+    assert (
+        api.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}).status_code
+        == 422
+    )
+    r = api.post("/v1/chat/completions", json={"messages": "hello"})
+    assert r.status_code == 422 and "messages" in r.json()["error"]["message"]
+    r = api.post("/v1/chat/completions", json=chat("clip.mp4", max_tokens=-1))
+    assert r.status_code == 422
+    r = api.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "no video"}]})
+    assert r.status_code == 400 and "video_url" in r.json()["error"]["message"]
+    assert api.get("/health").json()["status"] == "ok"  # still up
+    assert api.get("/v1/models").json()["data"][0]["id"] == "storm"
+
+
+def test_backpressure_answers_429(client, media_root):
+    model, processor = build_tiny()
+    api = TestClient(create_app(model, processor, ServerConfig(media_root=media_root, max_queue=0)))
+    r = api.post("/v1/chat/completions", json=chat("clip.mp4"))
+    assert r.status_code == 429 and "busy" in r.json()["error"]["message"]
+
+
+def test_live_stream_lifecycle(client, media_root):
+    api, stream_api = client
+    assert api.post("/v1/streams").status_code == 400  # bidirectional model: cannot stream
+    sid = stream_api.post("/v1/streams", json={"temporal_pool": 2}).json()["id"]
+    for _ in range(3):
+        r = stream_api.post(f"/v1/streams/{sid}/frames", json={"video_url": {"url": "clip.mp4"}})
+        assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["frames_seen"] == 36 and body["visual_tokens"] == 4 * 16  # window of 4 pooled frames
+    r = stream_api.post(f"/v1/streams/{sid}/ask", json={"question": "What happened?", "max_tokens": 3})
+    assert r.status_code == 200 and isinstance(r.json()["answer"], str)
+    assert stream_api.delete(f"/v1/streams/{sid}").status_code == 200
+    assert stream_api.post(f"/v1/streams/{sid}/ask", json={"question": "?"}).status_code == 404
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(media_root, tmp_path_factory):
+    """A real `storm-vlm serve` process (uvicorn) on a free loopback port."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    model_dir = tmp_path_factory.mktemp("model") / "tiny"
+    subprocess.run([sys.executable, "-m", "storm_vlm.cli", "init", "--preset", "tiny", "--out", str(model_dir)],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "storm_vlm.cli",
+            "serve",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--media-root",
+            str(media_root),
+            "--max-frames",
+            "16",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("server did not start: " + proc.stdout.read1().decode(errors="replace"))
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_openai_client_against_a_real_server(live_server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=live_server + "/v1", api_key="unused")
+    content = [{"type": "video_url", "video_url": {"url": "clip.mp4"}}, {"type": "text", "text": "What happens?"}]
+    reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": content}], max_tokens=4)
+    assert isinstance(reply.choices[0].message.content, str) and reply.usage.completion_tokens <= 4
+    pieces = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": content}], max_tokens=4, stream=True
+    )
+    chunks = list(pieces)
+    assert chunks and chunks[-1].choices[0].finish_reason == "stop"
+    with pytest.raises(openai.BadRequestError):
+        bad = [{"type": "video_url", "video_url": {"url": "http://example.com/x.mp4"}}, {"type": "text", "text": "?"}]
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": bad}])
