@@ -196,3 +196,33 @@ def test_openai_client_against_a_real_server(live_server):
     with pytest.raises(openai.BadRequestError):
         bad = [{"type": "video_url", "video_url": {"url": "http://example.com/x.mp4"}}, {"type": "text", "text": "?"}]
         client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": bad}])
+
+
+def test_page_in_headless_chromium(live_server, tmp_path):
+    """The page at / lists the media, asks with streaming, and shows the answer and the stats."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+             "--no-first-run", "--disable-sync"]  # fmt: skip
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=flags)
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 700})
+            page.goto(live_server + "/")
+            page.wait_for_selector("#video option[value='clip.mp4']", state="attached", timeout=30_000)
+            page.select_option("#video", "clip.mp4")
+            page.fill("#frames", "8")
+            page.fill("#question", "Which way does the bar move?")
+            page.click("#ask")
+            page.wait_for_function("document.getElementById('stats').textContent.includes('visual tokens')",
+                                   timeout=60_000)  # fmt: skip
+            assert page.text_content("#answer").strip()
+            assert "frames 8" in page.text_content("#stats")
+            page.screenshot(path=str(tmp_path / "page.png"))
+        finally:
+            browser.close()
+    assert (tmp_path / "page.png").stat().st_size > 5000

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..inference import prepare_inputs
@@ -272,12 +272,14 @@ def create_app(model, processor, config: ServerConfig | None = None, model_id: s
             with lock, torch.inference_mode():
                 if req.seed is not None:
                     torch.manual_seed(req.seed)
+                started = time.perf_counter()
                 model.generate(
                     inputs_embeds=prepared.inputs_embeds,
                     attention_mask=prepared.attention_mask,
                     streamer=Counter(),
                     **gen_kwargs(req),
                 )
+                counted["llm_s"] = time.perf_counter() - started
 
         def event(delta: dict[str, Any], finish: str | None = None, extra: dict | None = None) -> str:
             body = {"id": chunk_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model_id,
@@ -296,14 +298,34 @@ def create_app(model, processor, config: ServerConfig | None = None, model_id: s
                 if piece:
                     yield event({"content": piece})
             worker.join(timeout=1)
+            timings = dict(prepared.timer.timings, llm=counted.get("llm_s", 0.0))
             tail = {
                 "usage": usage(prepared, counted["tokens"]),
-                "storm": {"frames": len(clip), "settings": str(settings)},
+                "storm": {"frames": len(clip), "settings": str(settings), "timings_s": timings},
             }
             yield event({}, "stop", tail)
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return (Path(__file__).parent / "static" / "index.html").read_text()
+
+    @app.get("/v1/media")
+    async def media_files():
+        """Videos and images under the media root (for the page's picker), at most 500."""
+        if cfg.media_root is None:
+            return {"files": []}
+        root = cfg.media_root.resolve()
+        suffixes = {".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".jpg", ".jpeg", ".png", ".webp"}
+        files = []
+        for path in sorted(root.rglob("*")):
+            if path.suffix.lower() in suffixes and path.is_file() and root in path.resolve().parents:
+                files.append(str(path.relative_to(root)))
+                if len(files) >= 500:
+                    break
+        return {"files": files}
 
     @app.get("/v1/models")
     async def models():
