@@ -226,3 +226,14 @@ def test_page_in_headless_chromium(live_server, tmp_path):
         finally:
             browser.close()
     assert (tmp_path / "page.png").stat().st_size > 5000
+
+
+def test_idle_streams_expire(media_root):
+    causal, processor = build_tiny(bidirectional=False)
+    api = TestClient(
+        create_app(causal, processor, ServerConfig(media_root=media_root, stream_idle_s=0.0, max_streams=1))
+    )
+    sid = api.post("/v1/streams").json()["id"]
+    r = api.post(f"/v1/streams/{sid}/frames", json={"video_url": {"url": "clip.mp4"}})
+    assert r.status_code == 404 and "expired" in r.json()["error"]["message"]
+    assert api.post("/v1/streams").status_code == 200  # the expired one no longer counts against max_streams
