@@ -298,18 +298,27 @@ def serve(
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Option(help="Folder for the clips and train.json.")],
+    out: Annotated[Path, typer.Option(help="Folder for the clips and the JSON.")],
     samples: Annotated[int, typer.Option(min=1, help="Number of clips.")] = 16,
     frames: Annotated[int, typer.Option(min=2, help="Frames per clip.")] = 32,
     size: Annotated[int, typer.Option(min=8, help="Frame side in pixels (even).")] = 32,
-    questions: Annotated[str, typer.Option(help="Comma-separated: color, direction.")] = "color",
+    questions: Annotated[str, typer.Option(help="Motion set: comma-separated color, direction.")] = "color",
+    suite: Annotated[bool, typer.Option(help="The task suite instead (train.json or MC eval.json).")] = False,
+    split: Annotated[str, typer.Option(help="Suite split: train (free-form) or test (multiple choice).")] = "train",
+    tasks: Annotated[
+        str, typer.Option(help="Suite tasks, comma-separated.")
+    ] = "color,direction,order,count,needle,duration",
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Generate a small video-QA set (a coloured square moving across the frame) as mp4 + JSON."""
-    from .synth import make_motion_qa
+    """Generate video QA whose answers need the video, as mp4 + JSON (see storm_vlm.synth)."""
+    from .synth import make_motion_qa, make_suite
 
-    kinds = tuple(q.strip() for q in questions.split(",") if q.strip())
-    path = make_motion_qa(out, num_samples=samples, num_frames=frames, size=size, seed=seed, questions=kinds)
+    if suite:
+        kinds = tuple(t.strip() for t in tasks.split(",") if t.strip())
+        path = make_suite(out, split=split, num_samples=samples, tasks=kinds, num_frames=frames, size=size, seed=seed)
+    else:
+        kinds = tuple(q.strip() for q in questions.split(",") if q.strip())
+        path = make_motion_qa(out, num_samples=samples, num_frames=frames, size=size, seed=seed, questions=kinds)
     console.print(f"wrote {samples} clips and {path}")
 
 
