@@ -138,6 +138,7 @@ def test_recipes_load_override_and_reject_mistakes(tmp_path):
     for name in ("tiny-stage1", "tiny-stage3", "7b-stage1", "7b-stage2", "7b-stage3"):
         loaded = load_recipe(f"configs/{name}.yaml")
         assert loaded.stage == int(name[-1])
+    assert load_recipe("configs/demo.yaml").init.preset == "tiny"
     assert load_recipe("configs/7b-stage3.yaml").temporal_pool == 4
     with pytest.raises(RecipeError, match=r"unknown key optim\.lrr"):
         load_recipe("configs/tiny-stage2.yaml", ["optim.lrr=1"])

@@ -43,17 +43,14 @@ class Dtype(str, Enum):
 
 @app.command()
 def demo(
-    frames: Annotated[int, typer.Option(min=1, help="Frames in the generated clip.")] = 32,
-    question: Annotated[str, typer.Option(help="Question to ask about the clip.")] = (
-        "Which way does the red square move, and what flashes in the middle?"
-    ),
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 12,
-    seed: Annotated[int, typer.Option()] = 0,
+    frames: Annotated[int, typer.Option(min=1, help="Frames per generated clip.")] = 16,
+    seed: Annotated[int | None, typer.Option(help="Seed of the fresh clips (default: from the clock).")] = None,
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the shipped demo model).")] = None,
 ) -> None:
-    """Answer a question about a generated clip under each compression setting; print token accounting."""
+    """Answer questions about freshly generated clips; compare compression settings side by side."""
     from .demo import run_demo
 
-    run_demo("tiny", num_frames=frames, question=question, max_new_tokens=max_new_tokens, seed=seed, console=console)
+    run_demo(num_frames=frames, seed=seed, model_dir=model, console=console)
 
 
 @app.command()
