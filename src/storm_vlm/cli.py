@@ -263,6 +263,18 @@ def bench(
 
 
 @app.command()
+def repro(
+    quick: Annotated[bool, typer.Option(help="One seed, smaller sets: a few minutes.")] = False,
+    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("docs/repro"),
+    work: Annotated[Path, typer.Option(help="Data, runs and evaluations (reused when rerun).")] = Path("runs/repro"),
+) -> None:
+    """Test the paper's ablation claims in miniature: train tiny models, evaluate, write a report."""
+    from .repro import FULL, QUICK, run_repro
+
+    run_repro(QUICK if quick else FULL, out, work, console=console)
+
+
+@app.command()
 def serve(
     model_dir: Annotated[Path, typer.Argument(help="STORM model directory.")],
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",

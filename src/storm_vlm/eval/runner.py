@@ -93,11 +93,18 @@ def _predict(
     with torch.inference_mode():
         gen_start = time.perf_counter()
         if settings.scoring == "loglik":
-            logits = model(inputs_embeds=prepared.inputs_embeds, attention_mask=prepared.attention_mask).logits[0, -1]
-            ids = [processor.tokenizer.encode(letter, add_special_tokens=False)[0] for letter in letters]
-            scores = torch.log_softmax(logits.float(), -1)[ids]
-            letter = letters[int(scores.argmax())]
-            raw = " ".join(f"{c}:{float(v):.3f}" for c, v in zip(letters, scores))
+            # option log-likelihood: log p(option text | prompt), summed over its tokens
+            scores = []
+            for option in item.options:
+                ids = processor.tokenizer(option, add_special_tokens=False, return_tensors="pt")["input_ids"]
+                ids = ids.to(prepared.inputs_embeds.device)
+                embeds = torch.cat([prepared.inputs_embeds, model.get_input_embeddings()(ids)], dim=1)
+                mask = torch.cat([prepared.attention_mask, torch.ones_like(ids)], dim=1)
+                logits = model(inputs_embeds=embeds, attention_mask=mask).logits[0, -ids.shape[1] - 1 : -1]
+                logprobs = torch.log_softmax(logits.float(), -1).gather(-1, ids[0][:, None])
+                scores.append(float(logprobs.sum()))
+            letter = letters[max(range(len(scores)), key=scores.__getitem__)]
+            raw = " ".join(f"{c}:{v:.3f}" for c, v in zip(letters, scores))
         else:
             out = model.generate(
                 inputs_embeds=prepared.inputs_embeds,
