@@ -165,20 +165,32 @@ def _report(plan: ReproPlan, summary: dict, scores: dict, budget: int, seconds: 
         return summary[key][0] if key in summary else float("nan")
 
     T = plan.train_frames
+    first, last = plan.sweep_frames[0], plan.sweep_frames[-1]
+
+    def separated(a: str, b: str) -> bool:
+        """True when the two 95% intervals do not overlap (and both exist)."""
+        if a not in summary or b not in summary or any(math.isnan(summary[k][1]) for k in (a, b)):
+            return False
+        (ma, ha), (mb, hb) = summary[a], summary[b]
+        return ma - ha > mb + hb or mb - hb > ma + ha
+
     claims = [
         ("(a) STORM beats the no-Mamba baseline at equal tokens", mean(f"storm/none@{T}") > mean(f"mlp/none@{T}"),
+         separated(f"storm/none@{T}", f"mlp/none@{T}"),
          f"STORM {cell(f'storm/none@{T}')} vs baseline {cell(f'mlp/none@{T}')} ({T} frames, {T * 16} tokens)"),
         ("(b) with k=4 pooling STORM loses less than the baseline",
          mean(f"storm/none@{T}") - mean(f"storm-k4/k4@{T}") < mean(f"mlp/none@{T}") - mean(f"mlp-k4/k4@{T}"),
+         False,
          f"STORM {cell(f'storm/none@{T}')} → {cell(f'storm-k4/k4@{T}')}; "
          f"baseline {cell(f'mlp/none@{T}')} → {cell(f'mlp-k4/k4@{T}')}"),
         ("(c) sampling after the Mamba module beats fewer raw frames",
-         mean(f"storm/s2@{T}") > mean(f"storm/raw@{T // 2}"),
+         mean(f"storm/s2@{T}") > mean(f"storm/raw@{T // 2}"), separated(f"storm/s2@{T}", f"storm/raw@{T // 2}"),
          f"STORM s=2 at {T} frames {cell(f'storm/s2@{T}')} vs {T // 2} raw frames {cell(f'storm/raw@{T // 2}')} "
          f"(baseline: {cell(f'mlp/s2@{T}')} vs {cell(f'mlp/raw@{T // 2}')})"),
         ("(d) more frames at a fixed token budget help STORM more",
-         mean(f"storm-k4/budget@{plan.sweep_frames[-1]}") - mean(f"storm-k4/budget@{plan.sweep_frames[0]}")
-         > mean(f"mlp-k4/budget@{plan.sweep_frames[-1]}") - mean(f"mlp-k4/budget@{plan.sweep_frames[0]}"),
+         mean(f"storm-k4/budget@{last}") - mean(f"storm-k4/budget@{first}")
+         > mean(f"mlp-k4/budget@{last}") - mean(f"mlp-k4/budget@{first}"),
+         False,
          "STORM " + " → ".join(cell(f"storm-k4/budget@{f}") for f in plan.sweep_frames) + "; baseline "
          + " → ".join(cell(f"mlp-k4/budget@{f}") for f in plan.sweep_frames)
          + f" ({' → '.join(map(str, plan.sweep_frames))} frames, {budget} tokens)"),
@@ -192,11 +204,13 @@ def _report(plan: ReproPlan, summary: dict, scores: dict, budget: int, seconds: 
         f"from scratch. Test: {plan.test_samples} fresh 4-option questions (another seed space). Accuracy (%) on "
         f"the temporal tasks ({', '.join(TEMPORAL)}; chance 25), mean ± 95% interval over seeds.",
         "",
-        "| claim | held? | numbers |",
-        "|---|---|---|",
+        "| claim | mean in the claimed direction? | 95% intervals apart? | numbers |",
+        "|---|---|---|---|",
     ]
-    for claim, held, numbers in claims:
-        lines.append(f"| {claim} | {'yes' if held else '**no**'} | {numbers} |")
+    for claim, held, apart, numbers in claims:
+        lines.append(f"| {claim} | {'yes' if held else '**no**'} | {'yes' if apart else 'no'} | {numbers} |")
+    established = [c for c, held, apart, _ in claims if held and apart]
+    lines += ["", f"Established (direction right and intervals apart): {', '.join(established) or 'none'}."]
     lines += ["", "All measurements (accuracy %, per seed):", "", "| setting | " + " | ".join(
         f"seed {s}" for s in plan.seeds) + " | mean |", "|---|" + "---|" * (len(plan.seeds) + 1)]  # fmt: skip
     for key in sorted(scores):
