@@ -49,6 +49,7 @@ class BenchCell:
     decode_tokens_per_s: float | None = None
     peak_rss_mib: float | None = None
     kv_cache_mib: float | None = None
+    activation_mib: float | None = None  # analytic: one vision chunk + all projected tokens + one scan layer
 
 
 def small_model_config(projector_type: str = "storm") -> StormConfig:
@@ -209,6 +210,7 @@ def run_bench(
                     "llm_token": fl.llm_token,
                 },
                 kv_cache_mib=kv_cache_bytes(config, num_visual_tokens(n, config.token_grid, chosen) + 64) / 2**20,
+                activation_mib=activation_bytes(config, n) / 2**20,
             )
             if measure:
                 video = work / f"clip-{n}-{config.vision_config.image_size}.mp4"
@@ -235,10 +237,6 @@ def run_bench(
                     )
             cells.append(cell)
     return cells
-
-
-def activation_mib(preset: str, frames: int) -> float:
-    return activation_bytes(preset_config(preset), frames) / 2**20
 
 
 def cells_to_json(cells: list[BenchCell]) -> list[dict[str, Any]]:

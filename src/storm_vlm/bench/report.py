@@ -20,8 +20,9 @@ def markdown_table(cells: list[BenchCell], title: str) -> str:
         f"# {title}",
         "",
         "| config | frames | settings | visual tokens | GFLOPs vision / proj+Mamba / LLM prefill | "
-        "decode s | vision s | Mamba+reduce s | prefill s | TTFT s | decode tok/s | peak RSS MiB | KV cache MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "decode s | vision s | Mamba+reduce s | prefill s | TTFT s | decode tok/s | peak RSS MiB | KV cache MiB | "
+        "activations MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         f = c.flops
@@ -31,7 +32,8 @@ def markdown_table(cells: list[BenchCell], title: str) -> str:
             f"{f['vision'] / 1e9:.1f} / {(f['projector'] + f['temporal']) / 1e9:.1f} / {f['llm_prefill'] / 1e9:.1f} | "
             f"{_fmt(lat.get('decode'))} | {_fmt(lat.get('vision'))} | {_fmt(lat.get('temporal'))} | "
             f"{_fmt(lat.get('prefill'))} | {_fmt(c.ttft_s)} | {_fmt(c.decode_tokens_per_s, digits=1)} | "
-            f"{_fmt(c.peak_rss_mib, digits=0)} | {_fmt(c.kv_cache_mib, digits=1)} |"
+            f"{_fmt(c.peak_rss_mib, digits=0)} | {_fmt(c.kv_cache_mib, digits=1)} | "
+            f"{_fmt(c.activation_mib, digits=0)} |"
         )
     return "\n".join(lines) + "\n"
 
