@@ -225,12 +225,11 @@ def create_app(model, processor, config: ServerConfig | None = None, model_id: s
         if req.seed is not None:
             torch.manual_seed(req.seed)
         prepared, clip, settings = prepare(req)
+        kwargs = gen_kwargs(req)
         with torch.inference_mode():
-            out = model.generate(
-                inputs_embeds=prepared.inputs_embeds, attention_mask=prepared.attention_mask, **gen_kwargs(req)
-            )
+            out = model.generate(inputs_embeds=prepared.inputs_embeds, attention_mask=prepared.attention_mask, **kwargs)
         text = processor.decode(out[0]).strip()
-        finish = "length" if out.shape[1] >= gen_kwargs(req)["max_new_tokens"] else "stop"
+        finish = "length" if out.shape[1] >= kwargs["max_new_tokens"] else "stop"
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",
@@ -250,9 +249,9 @@ def create_app(model, processor, config: ServerConfig | None = None, model_id: s
     async def stream_chat(req: ChatRequest) -> StreamingResponse:
         from transformers import TextIteratorStreamer
 
-        if state["pending"] >= cfg.max_queue:
-            raise ApiError(429, f"server busy: {state['pending']} requests waiting; retry later", "rate_limit_error")
-        prepared, clip, settings = await run_exclusive(prepare, req)  # errors surface as 4xx before streaming
+        prepared, clip, settings = await run_exclusive(
+            prepare, req
+        )  # the queue check (429) happens here  # errors surface as 4xx before streaming
         streamer = TextIteratorStreamer(
             processor.tokenizer, skip_prompt=False, skip_special_tokens=True, timeout=cfg.request_timeout_s
         )
