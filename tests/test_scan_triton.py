@@ -49,6 +49,15 @@ def test_triton_scan_optional_arguments(optional, softplus):
     assert_same(run(scan_triton.selective_scan_triton, inputs, optional, softplus), ref)
 
 
+@pytest.mark.parametrize("defer_da", [True, False])
+def test_triton_backward_variants_agree(monkeypatch, defer_da):
+    """The backward's tuning switches (dA reduced per chunk or once at the end) give the same gradients."""
+    monkeypatch.setattr(scan_triton._SelectiveScanTriton, "BWD_DEFER_DA", defer_da)
+    inputs = on_device(make_inputs(2, 8, 70, 4, decay="mixed"))
+    use = set(NAMES)
+    assert_same(run(scan_triton.selective_scan_triton, inputs, use), run(selective_scan_ref, inputs, use))
+
+
 def test_triton_bf16_inputs_against_fp32_reference():
     inputs = on_device(make_inputs(1, 8, 50, 4, dtype=torch.bfloat16))
     fast = run(scan_triton.selective_scan_triton, inputs, set(NAMES))

@@ -30,6 +30,16 @@ class UserError(Exception):
 EXIT_USER_ERROR = 2
 
 
+Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, mps (default: cuda if available).")]
+Fast = Annotated[
+    bool | None,
+    typer.Option(
+        "--fast/--no-fast",
+        help="Compiled vision tower, static KV cache and CUDA-graph decoding (default: on with CUDA).",
+    ),
+]
+
+
 class Projector(str, Enum):
     storm = "storm"
     mlp = "mlp"
@@ -70,7 +80,8 @@ def ask(
     token_budget: Annotated[
         int | None, typer.Option(min=1, help="Fit at most N visual tokens (chooses k, then s).")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, mps (default: cuda if available).")] = None,
+    device: Device = None,
+    fast: Fast = None,
     stats: Annotated[bool, typer.Option(help="Also print frames, visual tokens and time per stage.")] = False,
 ) -> None:
     """Answer a question about a video or image."""
@@ -99,7 +110,7 @@ def ask(
         )
     decode_seconds = time.perf_counter() - started
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, processor = load_model(model_dir, device=device)
+    model, processor = load_model(model_dir, device=device, fast=fast)
     answer = ask_fn(
         model,
         processor,
@@ -184,7 +195,8 @@ def eval_(
         Scoring.generate
     ),
     out: Annotated[Path | None, typer.Option(help="Output folder (default outputs/eval/BENCH-MODEL).")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+    device: Device = None,
+    fast: Fast = None,
 ) -> None:
     """Evaluate on a video QA benchmark (resumable; shard with `accelerate launch`)."""
     from .eval import run_benchmark
@@ -210,6 +222,7 @@ def eval_(
         scoring=scoring.value,
         tasks=[t.strip() for t in tasks.split(",")] if tasks else None,
         device=device,
+        fast=fast,
         console=console,
         token_budget=token_budget,
     )
@@ -233,8 +246,14 @@ def bench(
     model: Annotated[Path | None, typer.Option(help="Measure this model directory instead of a preset.")] = None,
     token_budget: Annotated[int | None, typer.Option(min=1, help="Fit every cell into N visual tokens.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for bench.md, bench.json and plots.")] = Path("outputs/bench"),
+    new_tokens: Annotated[int, typer.Option(min=2, help="Tokens decoded per cell (PAPER.md §8 uses 32).")] = 16,
+    device: Device = None,
+    fast: Fast = None,
 ) -> None:
-    """Tokens, FLOPs, latency per stage and memory for each compression setting, side by side."""
+    """Tokens, FLOPs, latency per stage and memory for each compression setting, side by side.
+
+    7b-shapes is measured (random bf16 weights) only on CUDA; elsewhere it is arithmetic.
+    """
     from .bench import run_bench
     from .bench.report import write_report
 
@@ -250,11 +269,14 @@ def bench(
         model_dir=str(model) if model else None,
         token_budget=token_budget,
         log=lambda msg: err_console.print(f"[dim]{msg}[/dim]"),
+        device=device,
+        fast=fast,
+        new_tokens=new_tokens,
     )
     what = {
         "tiny": "tiny random STORM (tests)",
         "small": "small random STORM with the paper's proportions (LLM ~17x the vision tower), 64 tokens/frame",
-        "7b-shapes": "SigLIP-So400m-448 + Qwen2-7B, arithmetic from configs only (no weights, no timings)",
+        "7b-shapes": "SigLIP-So400m-448 + Qwen2-7B shapes (random bf16 weights on CUDA; arithmetic only elsewhere)",
     }[preset.value]
     title = f"storm-vlm bench: {model or what}"
     write_report(cells, out, title, plot_title=f"storm-vlm bench ({model.name if model else preset.value})")
@@ -284,7 +306,8 @@ def serve(
     max_upload_mb: Annotated[int, typer.Option(min=1, help="Largest data: URL upload.")] = 64,
     max_queue: Annotated[int, typer.Option(min=1, help="Requests allowed to wait (429 beyond).")] = 8,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds per request (504 beyond).")] = 120.0,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+    device: Device = None,
+    fast: Fast = None,
 ) -> None:
     """Serve the model behind an OpenAI-compatible API (and live streams) with uvicorn."""
     import torch
@@ -297,7 +320,8 @@ def serve(
     check_model_dir(model_dir)
     if media_root is not None and not media_root.is_dir():
         raise UserError(f"--media-root {media_root}: not a directory")
-    model, processor = load_model(model_dir, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, processor = load_model(model_dir, device=device, fast=fast)
     config = ServerConfig(media_root=media_root, max_frames=max_frames, max_upload_mb=max_upload_mb,
                           max_queue=max_queue, request_timeout_s=timeout)  # fmt: skip
     app_ = create_app(model, processor, config, model_id=model_dir.name)

@@ -123,6 +123,18 @@ class StormConfig(PretrainedConfig):
         h, w = self.patch_grid
         return -(-h // self.downsample), -(-w // self.downsample)
 
+    @property
+    def vision_layers_run(self) -> int:
+        """Vision encoder layers that run per frame: those up to ``vision_feature_layer``.
+
+        SigLIP towers stop there (the default feature is the penultimate layer, so the last layer
+        and the post-LayerNorm are skipped); other towers run every layer and pick a hidden state.
+        """
+        total = self.vision_config.num_hidden_layers
+        if self.vision_config.model_type != "siglip_vision_model" or self.vision_feature_layer == -1:
+            return total
+        return total + 1 + self.vision_feature_layer if self.vision_feature_layer < 0 else self.vision_feature_layer
+
     def validate_storm(self) -> None:
         """Reject inconsistent settings with one message naming the field."""
         if self.projector_type not in ("storm", "mlp"):

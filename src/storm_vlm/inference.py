@@ -22,6 +22,7 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from .model_dir import ModelLoadError, check_model_dir
+from .modeling.fast_path import enable_fast_path
 from .modeling.modeling_storm import StormForConditionalGeneration
 from .modeling.reduction import ReductionSettings, reduce_tokens, settings_for_budget
 from .processing_storm import StormProcessor
@@ -85,10 +86,21 @@ class _FirstTokenClock(BaseStreamer):
 
 
 def load_model(
-    model_dir: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    model_dir: str | Path,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    fast: bool | None = None,
 ) -> tuple[StormForConditionalGeneration, StormProcessor]:
-    """Load a STORM model directory (weights, config, tokenizer, processor) for inference."""
+    """Load a STORM model directory (weights, config, tokenizer, processor) for inference.
+
+    On CUDA the default dtype is bf16 and the fast path (:mod:`storm_vlm.modeling.fast_path`:
+    compiled vision tower, static KV cache, CUDA-graph decoding) is on unless ``fast=False``;
+    ``fast=True`` compiles on CPU too.
+    """
     path = check_model_dir(model_dir)
+    on_cuda = device is not None and torch.device(device).type == "cuda"
+    if dtype is None and on_cuda:
+        dtype = torch.bfloat16
     try:
         model = StormForConditionalGeneration.from_pretrained(path, dtype=dtype)
         processor = StormProcessor.from_pretrained(path)
@@ -96,7 +108,10 @@ def load_model(
         raise ModelLoadError(f"{path}: cannot load the model ({str(err).splitlines()[0]})") from None
     if device is not None:
         model.to(device)
-    return model.eval(), processor
+    model.eval()
+    if fast if fast is not None else on_cuda:
+        enable_fast_path(model)
+    return model, processor
 
 
 @dataclass
@@ -127,7 +142,7 @@ def prepare_inputs(
         # exist at once (1024 frames at 448 px would be 2.4 GB of fp32 pixels).
         for lo in range(0, len(clip), chunk):
             with timer.stage("preprocess"):
-                pixels = processor.preprocess_frames(clip.frames[lo : lo + chunk]).to(device=device, dtype=model.dtype)
+                pixels = processor.preprocess_frames(clip.frames[lo : lo + chunk], device).to(model.dtype)
             with timer.stage("vision"):
                 parts.append(model.encode_video(pixels[None]))  # (1, t, N, D)
         tokens = torch.cat(parts, dim=1)  # (1, T, N, D)
@@ -146,6 +161,41 @@ def prepare_inputs(
     return PreparedInputs(
         embeds, ids["attention_mask"].to(device), int(visual.shape[0]), ids["input_ids"].shape[1], timer
     )
+
+
+def generate_timed(
+    model: StormForConditionalGeneration,
+    processor: StormProcessor,
+    prepared: PreparedInputs,
+    max_new_tokens: int,
+    min_new_tokens: int = 0,
+    **generate_kwargs,
+) -> torch.Tensor:
+    """Generate the answer's token ids ``(new,)``; adds ``prefill`` and ``decoding`` seconds to the timer.
+
+    Prefill ends when the first new token exists; ``min_new_tokens`` forces a length (benchmarks).
+    """
+    timer = prepared.timer
+    clock = _FirstTokenClock(timer)
+    with torch.inference_mode():
+        timer._sync()
+        started = time.perf_counter()
+        out = model.generate(
+            inputs_embeds=prepared.inputs_embeds,
+            attention_mask=prepared.attention_mask,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            streamer=clock,
+            pad_token_id=processor.tokenizer.pad_token_id,
+            eos_token_id=processor.stop_token_ids,
+            **generate_kwargs,
+        )
+        timer._sync()
+        finished = time.perf_counter()
+    first = clock.first_token_at if clock.first_token_at is not None else finished
+    timer.timings["prefill"] = timer.timings.get("prefill", 0.0) + first - started
+    timer.timings["decoding"] = timer.timings.get("decoding", 0.0) + finished - first
+    return out[0]
 
 
 def ask(
@@ -190,30 +240,9 @@ def ask(
     if token_budget is not None:
         settings = settings_for_budget(token_budget, len(clip), model.config.token_grid)
     prepared = prepare_inputs(model, processor, clip, question, settings)
-    timer = prepared.timer
-    timer.timings["decode"] = decode_seconds
-    clock = _FirstTokenClock(timer)
-    gen_kwargs = dict(do_sample=do_sample)
-    if do_sample:
-        gen_kwargs.update(temperature=temperature, top_p=top_p)
-    with torch.inference_mode():
-        timer._sync()
-        gen_start = time.perf_counter()
-        out = model.generate(
-            inputs_embeds=prepared.inputs_embeds,
-            attention_mask=prepared.attention_mask,
-            max_new_tokens=max_new_tokens,
-            streamer=clock,
-            pad_token_id=processor.tokenizer.pad_token_id,
-            eos_token_id=processor.stop_token_ids,
-            **gen_kwargs,
-        )
-        timer._sync()
-        finished = time.perf_counter()
-    first = clock.first_token_at if clock.first_token_at is not None else finished
-    timer.timings["prefill"] = first - gen_start
-    timer.timings["decoding"] = finished - first
-    new_tokens = out[0]
+    prepared.timer.timings["decode"] = decode_seconds
+    sampling = dict(temperature=temperature, top_p=top_p) if do_sample else {}
+    new_tokens = generate_timed(model, processor, prepared, max_new_tokens, do_sample=do_sample, **sampling)
     return Answer(
         text=processor.decode(new_tokens).strip(),
         num_frames=len(clip),
@@ -221,7 +250,7 @@ def ask(
         prompt_tokens=prepared.prompt_tokens,
         new_tokens=int(new_tokens.shape[0]),
         settings=settings,
-        timings=timer.timings,
+        timings=prepared.timer.timings,
         timestamps=[float(t) for t in np.asarray(clip.timestamps)],
         source_fps=clip.fps,
         source_duration=clip.duration,

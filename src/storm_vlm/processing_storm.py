@@ -134,14 +134,44 @@ class StormProcessor(ProcessorMixin):
         return num_visual_tokens(num_frames, self.token_grid, settings or self.reduction_settings())
 
     # -- pixels ------------------------------------------------------------------------------
-    def preprocess_frames(self, frames: Frames) -> torch.Tensor:
-        """``(T, H, W, 3)`` uint8 → ``(T, 3, S, S)`` float, resized and normalised."""
+    def preprocess_frames(self, frames: Frames, device: torch.device | str | None = None) -> torch.Tensor:
+        """``(T, H, W, 3)`` uint8 → ``(T, 3, S, S)`` float, resized and normalised.
+
+        On a CUDA ``device`` the frames are resized and normalised there in torch
+        (:meth:`preprocess_frames_torch`); elsewhere by the vision tower's image processor.
+        """
         array = frames.cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
         if array.ndim == 3:
             array = array[None]
         if array.ndim != 4 or array.shape[-1] != 3 or array.shape[0] == 0:
             raise ValueError(f"frames must be a non-empty (T, H, W, 3) array, got shape {array.shape}")
-        return self.image_processor(images=list(array), return_tensors="pt")["pixel_values"]
+        if device is not None and torch.device(device).type == "cuda":
+            return self.preprocess_frames_torch(array, device)
+        pixels = self.image_processor(images=list(array), return_tensors="pt")["pixel_values"]
+        return pixels.to(device) if device is not None else pixels
+
+    def preprocess_frames_torch(self, frames: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The image processor's resize → rescale → normalise, in torch on ``device``.
+
+        The PIL path costs ~2 ms per 448-px frame on one core (a quarter second at 128 frames);
+        on a GPU this is negligible. Equal to the PIL path when no resize is needed, within a
+        grey level otherwise (bilinear/bicubic with antialiasing, rounded to uint8 like PIL).
+        """
+        ip = self.image_processor
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
+        if getattr(ip, "do_resize", True):
+            size = (ip.size["height"], ip.size["width"])
+            if tuple(x.shape[-2:]) != size:
+                mode = "bicubic" if int(getattr(ip, "resample", 3)) == 3 else "bilinear"
+                x = torch.nn.functional.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False)
+                x = x.round().clamp(0, 255)
+        if getattr(ip, "do_rescale", True):
+            x = x * float(ip.rescale_factor)
+        if getattr(ip, "do_normalize", True):
+            mean = torch.tensor(ip.image_mean, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(ip.image_std, device=x.device).view(1, 3, 1, 1)
+            x = (x - mean) / std
+        return x
 
     # -- text --------------------------------------------------------------------------------
     def build_prompt(self, question: str, media: str | None = "video") -> str:

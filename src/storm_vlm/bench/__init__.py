@@ -34,7 +34,7 @@ CONFIGS: dict[str, tuple[str, ReductionSettings]] = {
     "mlp": ("mlp", ReductionSettings(1, 1, 1)),
 }
 STAGES = ("decode", "vision", "temporal", "prefill", "decoding")
-NEW_TOKENS = 16
+NEW_TOKENS = 16  # decoded tokens per cell (--new-tokens; PAPER.md §8 uses 32)
 
 
 @dataclass
@@ -50,6 +50,11 @@ class BenchCell:
     peak_rss_mib: float | None = None
     kv_cache_mib: float | None = None
     activation_mib: float | None = None  # analytic: one vision chunk + all projected tokens + one scan layer
+    end_to_end_s: float | None = None  # frames in memory → answer: vision + temporal + prefill + decoding
+    peak_gpu_mib: float | None = None
+    compile_s: float | None = None  # fast path: the first (compiling) run, not included in the timings
+    device: str | None = None
+    fast_path: bool | None = None
 
 
 def small_model_config(projector_type: str = "storm") -> StormConfig:
@@ -85,79 +90,81 @@ def preset_config(preset: str, projector_type: str = "storm") -> StormConfig:
     raise ValueError(f"unknown bench preset {preset!r} (tiny, small, 7b-shapes)")
 
 
-def _build(preset: str, projector_type: str, model_dir: str | None):
+def _build(preset: str, projector_type: str, model_dir: str | None, device: str, fast: bool | None):
+    """The measured model: a model directory, or a preset with random weights (bf16 on CUDA)."""
     import torch
 
+    from ..inference import load_model
+    from ..modeling.fast_path import enable_fast_path
     from ..presets import tiny_image_processor, tiny_tokenizer
     from ..processing_storm import StormProcessor
 
     if model_dir is not None:
-        from ..inference import load_model
-
-        return load_model(model_dir)
+        return load_model(model_dir, device=device, fast=fast)
     from ..modeling.modeling_storm import StormForConditionalGeneration
 
     torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
     config = preset_config(preset, projector_type)
-    model = StormForConditionalGeneration(config).eval()
+    config.video_token_id, config.image_token_id = tokenizer.convert_tokens_to_ids(["<video>", "<image>"])
+    on_cuda = torch.device(device).type == "cuda"
+    with torch.device(device):  # random init where it runs: a 7B model is built on the GPU in seconds
+        model = StormForConditionalGeneration(config).eval()
+    if on_cuda:
+        model.to(torch.bfloat16)
+    if fast if fast is not None else on_cuda:
+        enable_fast_path(model)
     size = config.vision_config.image_size
-    processor = StormProcessor.from_config(tiny_image_processor(), tiny_tokenizer(), config)
+    processor = StormProcessor.from_config(tiny_image_processor(), tokenizer, config)
     processor.image_processor.size = {"height": size, "width": size}
     return model, processor
 
 
 def _measure_cell(args: dict[str, Any]) -> dict[str, Any]:
-    """One (configuration, frames) cell, timed stage by stage (runs in its own process)."""
+    """One (configuration, frames) cell, timed stage by stage (runs in its own process).
+
+    With the fast path the whole cell runs twice and the second run is timed: the first compiles
+    (its time is reported as ``compile_s``).
+    """
     import torch
 
-    from ..inference import StageTimer, prepare_inputs
+    from ..inference import generate_timed, prepare_inputs
     from ..video import sample_frames
 
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    model, processor = _build(args["preset"], args["projector"], args.get("model_dir"))
+    model, processor = _build(args["preset"], args["projector"], args.get("model_dir"), args["device"], args["fast"])
     settings = ReductionSettings(*args["settings"])
-    warm = sample_frames(args["video"], num_frames=2)  # load kernels (numba cache, torch) before timing
-    warm_inputs = prepare_inputs(model, processor, warm, "Describe.", settings)
-    with torch.inference_mode():
-        model(inputs_embeds=warm_inputs.inputs_embeds, attention_mask=warm_inputs.attention_mask)
+    new_tokens = args["new_tokens"]
+
+    def run(clip_frames: int) -> tuple[dict[str, float], int]:
+        started = time.perf_counter()
+        clip = sample_frames(args["video"], num_frames=clip_frames)
+        decode_s = time.perf_counter() - started
+        prepared = prepare_inputs(model, processor, clip, "Describe what happens in the video.", settings)
+        generate_timed(model, processor, prepared, new_tokens, min_new_tokens=new_tokens)
+        t = prepared.timer.timings
+        latency = {"decode": decode_s, "vision": t["preprocess"] + t["vision"], "temporal": t["temporal"],
+                   "prefill": t["prefill"], "decoding": t["decoding"]}  # fmt: skip
+        return latency, prepared.visual_tokens
+
     started = time.perf_counter()
-    clip = sample_frames(args["video"], num_frames=args["frames"])
-    decode_s = time.perf_counter() - started
-    prepared = prepare_inputs(model, processor, clip, "Describe what happens in the video.", settings)
-    timer: StageTimer = prepared.timer
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        out = model(
-            inputs_embeds=prepared.inputs_embeds,
-            attention_mask=prepared.attention_mask,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        prefill_s = time.perf_counter() - t0
-        cache, next_id = out.cache if hasattr(out, "cache") else out.past_key_values, out.logits[:, -1:].argmax(-1)
-        mask = prepared.attention_mask
-        t1 = time.perf_counter()
-        for _ in range(NEW_TOKENS):
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            step = model(input_ids=next_id, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
-            cache, next_id = (
-                step.cache if hasattr(step, "cache") else step.past_key_values,
-                step.logits[:, -1:].argmax(-1),
-            )
-        decoding_s = time.perf_counter() - t1
-    latency = {
-        "decode": decode_s,
-        "vision": timer.timings["preprocess"] + timer.timings["vision"],
-        "temporal": timer.timings["temporal"],
-        "prefill": prefill_s,
-        "decoding": decoding_s,
-    }
+    # warm-up: load kernels (numba cache, torch); with the fast path, compile at the measured shapes
+    run(args["frames"] if model.fast_path is not None else 2)
+    compile_s = time.perf_counter() - started if model.fast_path is not None else None
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    latency, visual_tokens = run(args["frames"])
     return {
         "latency_s": latency,
         "ttft_s": sum(latency[k] for k in ("decode", "vision", "temporal", "prefill")),
-        "decode_tokens_per_s": NEW_TOKENS / decoding_s,
-        "visual_tokens": prepared.visual_tokens,
+        "end_to_end_s": sum(latency[k] for k in ("vision", "temporal", "prefill", "decoding")),
+        "decode_tokens_per_s": (new_tokens - 1) / latency["decoding"],
+        "visual_tokens": visual_tokens,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss,
+        "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+        "compile_s": compile_s,
+        "device": torch.cuda.get_device_name() if torch.device(args["device"]).type == "cuda" else "cpu",
+        "fast_path": model.fast_path is not None,
     }
 
 
@@ -181,13 +188,24 @@ def run_bench(
     measure: bool = True,
     workdir: str | Path | None = None,
     log=print,
+    device: str | None = None,
+    fast: bool | None = None,
+    new_tokens: int = NEW_TOKENS,
 ) -> list[BenchCell]:
-    """Every (configuration, frames) cell: analytic tokens and FLOPs, and (``measure``) timings."""
+    """Every (configuration, frames) cell: analytic tokens and FLOPs, and (``measure``) timings.
+
+    ``device`` defaults to CUDA when available; ``fast`` (default: on CUDA) uses the compiled
+    fast path (:mod:`storm_vlm.modeling.fast_path`). ``7b-shapes`` is measured only on CUDA
+    (random bf16 weights); elsewhere it gives the arithmetic alone.
+    """
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         raise ValueError(f"unknown bench configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
-    if preset == "7b-shapes" and measure:
-        measure = False  # shapes only: no weights to run
+    if preset == "7b-shapes" and torch.device(device).type != "cuda":
+        measure = False  # 15 GiB of random weights: measured on a GPU only
     work = Path(workdir or tempfile.mkdtemp(prefix="storm-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     cells = []
@@ -218,7 +236,8 @@ def run_bench(
                     _make_video(video, n, config.vision_config.image_size)
                 k, p, s = chosen.temporal_pool, chosen.spatial_pool, chosen.temporal_sampling
                 spec = {"preset": preset, "projector": projector, "settings": [k, p, s], "frames": n,
-                        "video": str(video), "model_dir": model_dir}  # fmt: skip
+                        "video": str(video), "model_dir": model_dir, "device": device, "fast": fast,
+                        "new_tokens": new_tokens}  # fmt: skip
                 payload = json.dumps(spec)
                 log(f"measuring {cell.config} at {n} frames ...")
                 proc = subprocess.run(
@@ -227,10 +246,9 @@ def run_bench(
                 if proc.returncode != 0:
                     raise RuntimeError(f"bench cell {name}/{n} failed: {proc.stderr.strip().splitlines()[-1:]}")
                 result = json.loads(proc.stdout.strip().splitlines()[-1])
-                cell.latency_s = result["latency_s"]
-                cell.ttft_s = result["ttft_s"]
-                cell.decode_tokens_per_s = result["decode_tokens_per_s"]
-                cell.peak_rss_mib = result["peak_rss_mib"]
+                for key in ("latency_s", "ttft_s", "end_to_end_s", "decode_tokens_per_s", "peak_rss_mib",
+                            "peak_gpu_mib", "compile_s", "device", "fast_path"):  # fmt: skip
+                    setattr(cell, key, result[key])
                 if result["visual_tokens"] != cell.visual_tokens:
                     raise RuntimeError(
                         f"{name}/{n}: measured {result['visual_tokens']} visual tokens, formula {cell.visual_tokens}"

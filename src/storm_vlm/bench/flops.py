@@ -39,8 +39,7 @@ def vision_flops(config: StormConfig, frames: int) -> float:
     v = config.vision_config
     patches = (v.image_size // v.patch_size) ** 2
     embed = 2 * patches * (3 * v.patch_size**2) * v.hidden_size
-    # every encoder layer runs, even those after vision_feature_layer (HF towers have no early exit)
-    return frames * (embed + v.num_hidden_layers * _vision_layer(v, patches))
+    return frames * (embed + config.vision_layers_run * _vision_layer(v, patches))
 
 
 def projector_flops(config: StormConfig, frames: int) -> float:

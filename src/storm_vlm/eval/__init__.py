@@ -36,6 +36,7 @@ def run_benchmark(
     device: str | None = None,
     console: Console | None = None,
     token_budget: int | None = None,
+    fast: bool | None = None,
 ) -> dict[int, dict[str, Any]]:
     """Evaluate a model directory on a benchmark at one or more frame counts.
 
@@ -57,7 +58,7 @@ def run_benchmark(
             raise ValueError(f"unknown task(s) {', '.join(unknown)} in {benchmark}")
         items = [it for it in items if it.task in tasks]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, processor = load_model(model_dir, device=device)
+    model, processor = load_model(model_dir, device=device, fast=fast)
     reduction = model.reduction_settings(temporal_pool, spatial_pool, temporal_sampling)
     out = Path(out) if out is not None else Path("outputs") / "eval" / f"{benchmark}-{Path(model_dir).name}"
     if problems:

@@ -96,6 +96,7 @@ def _bwd(
     s_ub, s_ud, s_bb, s_bg, s_bn, s_cb, s_cg, s_cn,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_GLAST: tl.constexpr,
     SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
+    DEFER_DA: tl.constexpr,
 ):  # fmt: skip
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -116,9 +117,13 @@ def _bwd(
         carry = tl.load(glast_ptr + state_off, mask=mask_dn, other=0.0).to(tl.float32)
     else:
         carry = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    dA = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    dD = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    dbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    # per-element accumulators, reduced once after the time loop (not once per chunk)
+    if DEFER_DA:
+        dA3 = tl.zeros((BLOCK_D, BLOCK_T, BLOCK_N), dtype=tl.float32)
+    else:
+        dA = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    dD2 = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
+    dbias2 = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
     row = pid_b * s_ub + offs_d[:, None] * s_ud
     first = (offs_tt == 0)[None, :, None]
     last_col = (offs_tt == BLOCK_T - 1)[None, :, None]
@@ -164,27 +169,33 @@ def _bwd(
         _, hx = tl.associative_scan((alpha, v), axis=1, combine_fn=_affine, reverse=True)
         hb = hh - bx  # Ā_t h_{t-1}
         ddt = tl.sum(hx * (A[:, None, :] * hb + Bt[None, :, :] * u[:, :, None]), axis=2)
-        dA += tl.sum(hx * dt[:, :, None] * hb, axis=1)
+        if DEFER_DA:
+            dA3 += hx * dt[:, :, None] * hb
+        else:
+            dA += tl.sum(hx * dt[:, :, None] * hb, axis=1)
         dBt = tl.sum(hx * (dt * u)[:, :, None], axis=0)  # (BLOCK_T, BLOCK_N)
         dCt = tl.sum(g[:, :, None] * hh, axis=0)
+        # relaxed: plain reductions need no ordering (the default acq_rel fences every atomic)
         tl.atomic_add(dB_ptr + pid_b * s_bb + group * s_bg + offs_n[None, :] * s_bn + offs_t[:, None], dBt,
-                      mask=mtn)  # fmt: skip
+                      mask=mtn, sem="relaxed")  # fmt: skip
         tl.atomic_add(dC_ptr + pid_b * s_cb + group * s_cg + offs_n[None, :] * s_cn + offs_t[:, None], dCt,
-                      mask=mtn)  # fmt: skip
+                      mask=mtn, sem="relaxed")  # fmt: skip
         du = tl.sum(hx * dt[:, :, None] * Bt[None, :, :], axis=2)
         if HAS_D:
             du = du + g * Dv[:, None]
-            dD += tl.sum(tl.where(m2, g * u, 0.0), axis=1)
+            dD2 += tl.where(m2, g * u, 0.0)
         if SOFTPLUS:
             ddt = ddt * tl.where(raw > 20.0, 1.0, tl.sigmoid(raw))
         ddt = tl.where(m2, ddt, 0.0)
-        dbias += tl.sum(ddt, axis=1)
+        dbias2 += ddt
         tl.store(du_ptr + row + offs_t[None, :], du, mask=m2)
         tl.store(ddelta_ptr + row + offs_t[None, :], ddt, mask=m2)
         carry = tl.sum(tl.where(first, a * hx, 0.0), axis=1)  # Ā_s ĥ_s → dL/dh_{s-1}
     tl.store(dx0_ptr + state_off, carry, mask=mask_dn)
-    tl.atomic_add(dA_ptr + offs_d[:, None] * NSTATE + offs_n[None, :], dA, mask=mask_dn)
+    if DEFER_DA:
+        dA = tl.sum(dA3, axis=1)
+    tl.atomic_add(dA_ptr + offs_d[:, None] * NSTATE + offs_n[None, :], dA, mask=mask_dn, sem="relaxed")
     if HAS_D:
-        tl.atomic_add(dD_ptr + offs_d, dD, mask=mask_d)
+        tl.atomic_add(dD_ptr + offs_d, tl.sum(dD2, axis=1), mask=mask_d, sem="relaxed")
     if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + offs_d, dbias, mask=mask_d)
+        tl.atomic_add(dbias_ptr + offs_d, tl.sum(dbias2, axis=1), mask=mask_d, sem="relaxed")

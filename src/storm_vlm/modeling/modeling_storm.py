@@ -27,10 +27,12 @@ from transformers import (
     GenerationMixin,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    SiglipVisionModel,
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..configuration_storm import StormConfig
+from .fast_path import FastPath
 from .mamba import SSMBranch
 from .projector import Projector
 from .reduction import ReductionSettings, reduce_tokens
@@ -96,6 +98,7 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         self.language_model = (
             language_model if language_model is not None else AutoModelForCausalLM.from_config(config.text_config)
         )
+        self.fast_path: FastPath | None = None  # see enable_fast_path
         self.post_init()
 
     # -- embeddings plumbing for HF (resize, tying, generation) ------------------------------
@@ -123,14 +126,26 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
 
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """Vision tower on M frames in chunks. ``(M, 3, H, W) → (M, h·w, C)`` patch features."""
-        layer = self.config.vision_feature_layer
+        encode = self.fast_path.vision_features if self.fast_path is not None else self.vision_features
+        return torch.cat([encode(chunk) for chunk in frames.split(self.config.vision_chunk_size)])
+
+    def vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The ``vision_feature_layer`` hidden state of one chunk. ``(m, 3, H, W) → (m, h·w, C)``.
+
+        A SigLIP tower runs only the layers up to the feature layer (for the default penultimate
+        feature, the last layer and post-LayerNorm are skipped); other towers run whole.
+        """
+        tower, layer = self.vision_tower, self.config.vision_feature_layer
+        pixels = pixels.to(tower.dtype)
+        if isinstance(tower, SiglipVisionModel) and layer != -1:
+            hidden = tower.embeddings(pixels)  # (m, h·w, C)
+            for block in tower.encoder.layers[: self.config.vision_layers_run]:
+                hidden = block(hidden, None)
+            return hidden
+        out = tower(pixels, output_hidden_states=layer != -1)
+        feats = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
         h, w = self.config.patch_grid
-        outputs = []
-        for chunk in frames.split(self.config.vision_chunk_size):
-            out = self.vision_tower(chunk.to(self.vision_tower.dtype), output_hidden_states=layer != -1)
-            feats = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
-            outputs.append(feats[:, -h * w :])  # drop a CLS token (CLIP); SigLIP has none
-        return torch.cat(outputs)
+        return feats[:, -h * w :]  # drop a CLS token (CLIP); SigLIP has none
 
     def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
         """Vision tower + projector, per frame. ``(B, T, 3, H, W) → (B, T, N, D)``."""
@@ -273,6 +288,12 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+
+    def generate(self, *args, **kwargs):
+        """transformers' ``generate``; with :attr:`fast_path` set, on a static cache with a compiled step."""
+        if self.fast_path is not None:
+            kwargs = self.fast_path.generate_kwargs(self, kwargs)
+        return super().generate(*args, **kwargs)
 
     # -- building from pretrained parts ------------------------------------------------------
     @classmethod

@@ -72,6 +72,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
     BWD_BLOCK_D = 4
     BWD_NUM_WARPS = 4
     BWD_NUM_STAGES = None  # Triton's default
+    BWD_DEFER_DA = False  # accumulate dA per element, reduce once (more registers, fewer reductions)
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
@@ -140,7 +141,8 @@ class _SelectiveScanTriton(torch.autograd.Function):
             Cg.stride(0), Cg.stride(1), Cg.stride(2),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             HAS_GLAST=grad_last is not None, SOFTPLUS=softplus,
-            BLOCK_D=bd, BLOCK_T=bt, BLOCK_N=bn, num_warps=_SelectiveScanTriton.BWD_NUM_WARPS,
+            BLOCK_D=bd, BLOCK_T=bt, BLOCK_N=bn, DEFER_DA=_SelectiveScanTriton.BWD_DEFER_DA,
+            num_warps=_SelectiveScanTriton.BWD_NUM_WARPS,
             **({"num_stages": _SelectiveScanTriton.BWD_NUM_STAGES} if _SelectiveScanTriton.BWD_NUM_STAGES else {}),
         )  # fmt: skip
         delta_t, A_t, B_t, C_t = ctx.dtypes
