@@ -67,7 +67,7 @@ def test_fast_path_generates_the_plain_path_tokens(tiny):
     kwargs = dict(num_frames=None, max_new_tokens=12, temporal_pool=2)
     plain = ask(model, processor, clip, "What moves?", **kwargs)
     plain_feats = model.encode_frames(torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
-    fast = enable_fast_path(model)
+    fast = enable_fast_path(model, compile_vision=True)
     try:
         first = ask(model, processor, clip, "What moves?", **kwargs)  # compiles
         again = ask(model, processor, clip, "What moves, and where?", **kwargs)  # same cache bucket: no recompile
@@ -79,6 +79,90 @@ def test_fast_path_generates_the_plain_path_tokens(tiny):
     torch.testing.assert_close(fast_feats, plain_feats, rtol=1e-4, atol=1e-5)
     reference = ask(model, processor, clip, "What moves, and where?", **kwargs)
     assert again.text == reference.text
+
+
+@pytest.fixture(scope="module")
+def chatty():
+    """A tiny random model whose greedy tokens vary from step to step (a plain init repeats one)."""
+    torch.manual_seed(0)
+    model, processor = build_tiny()
+    with torch.no_grad():
+        for param in model.language_model.parameters():
+            if param.dim() > 1:
+                param.normal_(0, 0.5)
+    ids = processor.tokenize(processor.build_prompt("Hello there?", media=None))
+    return model, processor, model.get_input_embeddings()(ids["input_ids"]).detach(), ids["attention_mask"]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.puts: list[list[int]] = []
+        self.ended = False
+
+    def put(self, value: torch.Tensor) -> None:
+        self.puts.append(value.flatten().tolist())
+
+    def end(self) -> None:
+        self.ended = True
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_greedy_loop_equals_generate(chatty, compiled):
+    """The fast greedy loop (compiled step, stop tokens checked one step behind) == generate:
+    free running, stopped by a stop token, forced lengths (min_new_tokens), streamer calls."""
+    model, _, embeds, mask = chatty
+
+    def gen(**kw):
+        with torch.inference_mode():
+            return model.generate(inputs_embeds=embeds, attention_mask=mask, do_sample=False, **kw)
+
+    model.fast_path = None
+    free = gen(max_new_tokens=20, eos_token_id=[])
+    assert len(set(free[0].tolist())) > 5
+    stop = int(free[0, 6])  # stops at its first occurrence, within the 20 tokens
+    cases = [
+        dict(max_new_tokens=20, eos_token_id=[]),
+        dict(max_new_tokens=20, eos_token_id=[stop, 99999]),
+        dict(max_new_tokens=20, eos_token_id=stop, min_new_tokens=9),  # the stop token is masked until 9
+        dict(max_new_tokens=12, eos_token_id=stop, min_new_tokens=12),
+        dict(max_new_tokens=1, eos_token_id=[]),
+    ]
+    plain = []
+    for kw in cases:
+        recorder = Recorder()
+        plain.append((gen(streamer=recorder, **kw), recorder))
+    fast = enable_fast_path(model, compile_vision=False, compile_decode=compiled)
+    try:
+        for kw, (want, want_rec) in zip(cases, plain):
+            assert fast.can_decode(dict(inputs_embeds=embeds, attention_mask=mask, **kw), model.generation_config)
+            recorder = Recorder()
+            got = gen(streamer=recorder, **kw)
+            assert torch.equal(got, want), kw
+            assert recorder.puts == want_rec.puts and recorder.ended
+        assert len(fast._caches) == 1  # one bucket, reset and reused for every call
+    finally:
+        model.fast_path = None
+    assert plain[1][0].shape[1] < 20 and plain[2][0].shape[1] > plain[1][0].shape[1]
+
+
+def test_greedy_loop_hands_other_requests_to_generate(chatty):
+    model, _, embeds, mask = chatty
+    fast = enable_fast_path(model, compile_vision=False, compile_decode=False)
+    try:
+        config = model.generation_config
+        base = dict(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=4)
+        assert fast.can_decode(base, config)
+        assert not fast.can_decode(dict(base, do_sample=True), config)
+        assert not fast.can_decode(dict(base, num_beams=2), config)
+        assert not fast.can_decode(dict(base, inputs_embeds=embeds.expand(2, -1, -1)), config)
+        assert not fast.can_decode(dict(base, attention_mask=torch.zeros_like(mask)), config)
+        assert not fast.can_decode({k: v for k, v in base.items() if k != "max_new_tokens"}, config)
+        torch.manual_seed(3)
+        with torch.inference_mode():
+            sampled = model.generate(**base, do_sample=True, top_k=0)  # through generate's static cache
+        assert sampled.shape == (1, 4)
+    finally:
+        model.fast_path = None
 
 
 def test_fast_path_forces_lengths_and_keeps_explicit_cache_choices(tiny):

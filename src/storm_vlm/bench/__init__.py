@@ -123,8 +123,8 @@ def _build(preset: str, projector_type: str, model_dir: str | None, device: str,
 def _measure_cell(args: dict[str, Any]) -> dict[str, Any]:
     """One (configuration, frames) cell, timed stage by stage (runs in its own process).
 
-    With the fast path the whole cell runs twice and the second run is timed: the first compiles
-    (its time is reported as ``compile_s``).
+    On CUDA or with the fast path the whole cell runs twice and the second run is timed (the first
+    compiles; with the fast path its time is reported as ``compile_s``).
     """
     import torch
 
@@ -148,8 +148,9 @@ def _measure_cell(args: dict[str, Any]) -> dict[str, Any]:
         return latency, prepared.visual_tokens
 
     started = time.perf_counter()
-    # warm-up: load kernels (numba cache, torch); with the fast path, compile at the measured shapes
-    run(args["frames"] if model.fast_path is not None else 2)
+    # warm-up: load kernels (numba cache, torch); on CUDA and with the fast path at the measured
+    # shapes (compilation, cuBLAS / Triton first-shape costs)
+    run(args["frames"] if model.fast_path is not None or model.device.type == "cuda" else 2)
     compile_s = time.perf_counter() - started if model.fast_path is not None else None
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()

@@ -6,13 +6,19 @@ which the prefill is 0.11 s, the vision tower 0.36 s and eager token-by-token de
 per token (each step re-launches every kernel of every layer from Python). The fast path
 attacks both, with transformers' and torch's own machinery:
 
-- decoding: ``generate`` gets a static KV cache (``cache_implementation="static"``) whose length
-  is rounded up to a multiple of ``cache_bucket`` (prompts of similar length share one compiled
-  graph), and transformers compiles the decoding step with ``torch.compile`` in
-  ``reduce-overhead`` mode, which replays it as a CUDA graph;
-- vision: each chunk of frames goes through a ``torch.compile``-d
-  :meth:`~storm_vlm.modeling.StormForConditionalGeneration.vision_features` (fused LayerNorm /
-  GELU / residual kernels around SDPA attention), in the model's dtype (bf16 on CUDA).
+- greedy decoding of one sequence (``ask``, ``eval``, the bench, a server at temperature 0): a
+  static KV cache (transformers' ``StaticCache``, length rounded up to a multiple of
+  ``cache_bucket`` and kept between calls) and one ``torch.compile``-d step (LLM forward + argmax)
+  that ``reduce-overhead`` mode replays as a CUDA graph. The host never waits for a token
+  before queuing the next step: stop tokens are checked one step behind, from a pinned copy.
+  (transformers' own loop synchronises on every token on CUDA, ~3 ms per token here);
+- other decoding (sampling, batches, beams): transformers' ``generate`` on a static cache with
+  its compiled step;
+- vision: the tower runs in the model's dtype (bf16 on CUDA) with SDPA attention and stops at
+  the feature layer (:meth:`~storm_vlm.modeling.StormForConditionalGeneration.vision_features`).
+  ``compile_vision=True`` also ``torch.compile``-s it; off by default, because on an H200 the
+  compiled tower was slower (0.30 s vs 0.27 s for 128 frames at 448 px: cuDNN's flash attention
+  and cuBLAS GEMMs already do the work; see docs/benchmarks.md).
 
 Same maths as the plain path: the tests check identical greedy tokens and matching vision
 features on CPU (where compilation is opt-in; there is no CUDA graph to replay).
@@ -21,6 +27,7 @@ features on CPU (where compilation is opt-in; there is no CUDA graph to replay).
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,11 +48,103 @@ def static_cache_length(needed: int, bucket: int) -> int:
 class FastPath:
     """How a model runs fast; attached as ``model.fast_path`` by :func:`enable_fast_path`."""
 
-    compile_vision: bool = True
+    compile_vision: bool = False
     compile_decode: bool = True
     cache_bucket: int = 1024
     decode_mode: str = "reduce-overhead"  # CUDA graphs on CUDA; plain inductor code elsewhere
+    # After a sequence's first step (guards checked, compiled if needed), later steps get the very
+    # same objects, so torch.compile's guard checks are skipped (they cost host time per token).
+    skip_guards: bool = True
     vision_features: Callable[[torch.Tensor], torch.Tensor] = field(default=None, repr=False)  # type: ignore[assignment]
+
+    _step: Callable | None = field(default=None, repr=False)
+    _caches: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    def can_decode(self, kwargs: dict[str, Any], generation_config: Any) -> bool:
+        """Whether a ``generate`` call is one greedy sequence from embeddings (the fast loop's case)."""
+        embeds, mask = kwargs.get("inputs_embeds"), kwargs.get("attention_mask")
+        if embeds is None or embeds.shape[0] != 1 or set(kwargs) - _GREEDY_KWARGS:
+            return False
+        if kwargs.get("do_sample", generation_config.do_sample) or (generation_config.num_beams or 1) != 1:
+            return False
+        return kwargs.get("max_new_tokens") is not None and (mask is None or bool(mask.all()))
+
+    def greedy_decode(
+        self,
+        model: StormForConditionalGeneration,
+        inputs_embeds: torch.Tensor,
+        max_new_tokens: int,
+        min_new_tokens: int = 0,
+        eos_token_id: int | list[int] | None = None,
+        streamer: Any = None,
+        **_: Any,
+    ) -> torch.Tensor:
+        """Greedy tokens ``(1, n)`` after the prompt ``inputs_embeds`` ``(1, S, D)``, as ``generate``
+        returns them (ending with the stop token when one came before ``max_new_tokens``)."""
+        llm = model.language_model
+        device = inputs_embeds.device
+        stops = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+        vocab = llm.get_output_embeddings().weight.shape[0]
+        allow_all = torch.zeros(1, vocab, dtype=torch.bool, device=device)
+        no_stop = allow_all.clone()
+        no_stop[:, [t for t in stops if t < vocab]] = True  # min_new_tokens: stop tokens masked
+        cache = self._cache(model, inputs_embeds.shape[1] + max_new_tokens)
+        if self._step is None:
+            mode = self.decode_mode if self.compile_decode else None
+            self._step = torch.compile(_greedy_step, mode=mode, fullgraph=True, dynamic=False) if mode else _greedy_step
+        if streamer is not None:
+            streamer.put(torch.empty(1, 0, dtype=torch.long))  # the prompt, as generate reports it
+        logits = llm(inputs_embeds=inputs_embeds, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        token = logits.masked_fill(no_stop if min_new_tokens > 0 else allow_all, float("-inf")).argmax(-1, keepdim=True)
+        out = torch.empty(1, max_new_tokens, dtype=torch.long, device=device)
+        out[:, :1] = token
+        on_cuda = device.type == "cuda"
+        host = torch.empty(max_new_tokens, dtype=torch.long, pin_memory=on_cuda)
+        ready = [torch.cuda.Event() for _ in range(max_new_tokens)] if on_cuda else []
+
+        def fetch(i: int) -> int:  # token i on the host; on CUDA waits only for step i
+            if on_cuda:
+                ready[i].synchronize()
+                return int(host[i])
+            return int(out[0, i])
+
+        def queue_copy(i: int) -> None:
+            if on_cuda:
+                host[i : i + 1].copy_(out[0, i : i + 1], non_blocking=True)
+                ready[i].record()
+
+        queue_copy(0)
+        n = max_new_tokens
+        for i in range(1, max_new_tokens + 1):
+            if i < max_new_tokens:  # queue step i before looking at token i - 1: the GPU stays busy
+                if on_cuda:
+                    torch.compiler.cudagraph_mark_step_begin()
+                mask = no_stop if i < min_new_tokens else allow_all
+                unguarded = i > 1 and self.skip_guards and self.compile_decode
+                with torch.compiler.set_stance(skip_guard_eval_unsafe=True) if unguarded else nullcontext():
+                    out[:, i : i + 1] = self._step(llm, out[:, i - 1 : i], cache, mask)
+                queue_copy(i)
+            previous = fetch(i - 1)
+            if streamer is not None:
+                streamer.put(torch.tensor([previous]))
+            if previous in stops and i - 1 >= min_new_tokens:
+                n = i
+                break
+        if streamer is not None:
+            streamer.end()
+        return out[:, :n].clone()
+
+    def _cache(self, model: StormForConditionalGeneration, needed: int) -> Any:
+        """A reset static cache of the bucketed length (kept: same tensors, no recompilation)."""
+        from transformers import StaticCache
+
+        length = static_cache_length(needed, self.cache_bucket)
+        cache = self._caches.get(length)
+        if cache is None:
+            cache = self._caches[length] = StaticCache(config=model.config.get_text_config(), max_cache_len=length)
+        else:
+            cache.reset()
+        return cache
 
     def generate_kwargs(self, model: StormForConditionalGeneration, kwargs: dict[str, Any]) -> dict[str, Any]:
         """``generate`` keyword arguments with the static cache and compile settings filled in.
@@ -69,9 +168,21 @@ class FastPath:
         return out
 
 
+_GREEDY_KWARGS = frozenset(
+    {"inputs_embeds", "attention_mask", "max_new_tokens", "min_new_tokens", "eos_token_id", "pad_token_id",
+     "streamer", "do_sample", "temperature", "top_p"}
+)  # fmt: skip
+
+
+def _greedy_step(llm: torch.nn.Module, token: torch.Tensor, cache: Any, masked: torch.Tensor) -> torch.Tensor:
+    """One decoding step: ``(1, 1)`` token → next greedy token ``(1, 1)`` (``masked`` vocab excluded)."""
+    logits = llm(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # (1, V)
+    return logits.masked_fill(masked, float("-inf")).argmax(-1, keepdim=True)
+
+
 def enable_fast_path(
     model: StormForConditionalGeneration,
-    compile_vision: bool = True,
+    compile_vision: bool = False,
     compile_decode: bool = True,
     cache_bucket: int = 1024,
 ) -> FastPath:
@@ -86,6 +197,6 @@ def enable_fast_path(
     vision = model.vision_features
     if compile_vision:
         vision = torch.compile(vision, dynamic=False)
-    fast = FastPath(compile_vision, compile_decode, cache_bucket, mode, vision)
+    fast = FastPath(compile_vision, compile_decode, cache_bucket, mode, vision_features=vision)
     model.fast_path = fast
     return fast

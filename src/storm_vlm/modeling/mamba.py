@@ -229,8 +229,9 @@ def causal_conv1d(
     width = weight.shape[-1]
     if prefix is None and _use_conv_kernel(x):
         return _causal_conv1d_kernel()(x, weight, bias, activation="silu")
-    if prefix is None:
-        prefix = x.new_zeros(*x.shape[:2], width - 1)
+    if prefix is None:  # zero history: let the conv pad (no copy of x), keep the first L outputs
+        padded = F.conv1d(x, weight.unsqueeze(1), bias, padding=width - 1, groups=x.shape[1])
+        return F.silu(padded[..., : x.shape[-1]])
     return F.silu(F.conv1d(torch.cat([prefix, x], dim=-1), weight.unsqueeze(1), bias, groups=x.shape[1]))
 
 

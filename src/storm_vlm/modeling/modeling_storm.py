@@ -291,7 +291,12 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
 
     def generate(self, *args, **kwargs):
         """transformers' ``generate``; with :attr:`fast_path` set, on a static cache with a compiled step."""
-        if self.fast_path is not None:
+        if self.fast_path is not None and not args:
+            if self.fast_path.can_decode(kwargs, self.generation_config):
+                if kwargs.get("eos_token_id") is None:
+                    kwargs["eos_token_id"] = self.generation_config.eos_token_id
+                with torch.inference_mode():
+                    return self.fast_path.greedy_decode(self, **kwargs)
             kwargs = self.fast_path.generate_kwargs(self, kwargs)
         return super().generate(*args, **kwargs)
 
