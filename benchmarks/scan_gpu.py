@@ -1,8 +1,10 @@
 """Selective-scan speed and memory on a CUDA GPU: PyTorch loop vs mamba_ssm vs Triton, one run.
 
 Run:  python benchmarks/scan_gpu.py [--dim 7168] [--state 16] [--lengths 8192,32768] [--reps 5]
+                                   [--dtype float32|bfloat16] [--no-backward]
 
-The mixer's call (softplus Δ with bias, D skip, SiLU(z) gate), batch 1, fp32 inputs, at the
+The mixer's call (softplus Δ with bias, D skip, SiLU(z) gate), batch 1, fp32 inputs (or bf16 u, Δ,
+B, C, z as the model runs on a GPU; A, D and the Δ bias stay fp32), at the
 paper's width (Qwen2-7B: d_model 3584 → d_inner 7168). Rows:
   torch-loop  storm-vlm's reference (`selective_scan_ref`): what a GPU without kernels runs
   mamba_ssm   `mamba_ssm.ops.selective_scan_interface.selective_scan_fn`, if installed
@@ -32,7 +34,7 @@ def mamba_ssm_fn():
     return selective_scan_fn, ""
 
 
-def inputs(length: int, dim: int, state: int):
+def inputs(length: int, dim: int, state: int, dtype: torch.dtype = torch.float32):
     g = torch.Generator(device="cuda").manual_seed(0)
     kw = dict(device="cuda", generator=g)
     u = torch.randn(1, dim, length, **kw)
@@ -43,6 +45,7 @@ def inputs(length: int, dim: int, state: int):
     D = torch.randn(dim, **kw)
     z = torch.randn(1, dim, length, **kw)
     bias = torch.randn(dim, **kw) * 0.1
+    u, delta, B, C, z = (t.to(dtype) for t in (u, delta, B, C, z))
     return u, delta, A, B, C, D, z, bias
 
 
@@ -82,24 +85,27 @@ def main() -> None:
     parser.add_argument("--lengths", default="8192,32768")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--loop-bwd-max", type=int, default=32768, help="skip the loop's fwd+bwd above this L")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--no-backward", action="store_true", help="forward only")
     args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
     ssm, why = mamba_ssm_fn()
     impls = {"torch-loop": selective_scan_ref, "triton": selective_scan_triton}
     if ssm is not None:
         impls["mamba_ssm"] = ssm
-    print(f"{torch.cuda.get_device_name()}; batch 1, d_inner {args.dim}, d_state {args.state}, fp32 inputs")
+    print(f"{torch.cuda.get_device_name()}; batch 1, d_inner {args.dim}, d_state {args.state}, {args.dtype} inputs")
     if ssm is None:
         print(f"mamba_ssm: not measured ({why})")
     print(f"\n{'L':>6} {'mode':<8} {'impl':<11} {'time':>10} {'peak GiB':>9} {'err':>9}")
     results = {}
     for length in [int(v) for v in args.lengths.split(",")]:
-        x = inputs(length, args.dim, args.state)
+        x = inputs(length, args.dim, args.state, dtype)
         u, delta, A, B, C, D, z, bias = (t.double() for t in x)
         ref = selective_scan_ref(u[:, :64], delta[:, :64], A[:64], B, C, D=D[:64], z=z[:, :64],
                                  delta_bias=bias[:64], delta_softplus=True)  # fmt: skip
         del u, delta, A, B, C, D, z, bias
         for name, fn in impls.items():
-            for grad in (False, True):
+            for grad in (False,) if args.no_backward else (False, True):
                 mode = "fwd+bwd" if grad else "fwd"
                 if name == "torch-loop" and grad and length > args.loop_bwd_max:
                     print(f"{length:>6} {mode:<8} {name:<11} {'skipped':>10}")

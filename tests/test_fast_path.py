@@ -157,10 +157,25 @@ def test_greedy_loop_hands_other_requests_to_generate(chatty):
         assert not fast.can_decode(dict(base, inputs_embeds=embeds.expand(2, -1, -1)), config)
         assert not fast.can_decode(dict(base, attention_mask=torch.zeros_like(mask)), config)
         assert not fast.can_decode({k: v for k, v in base.items() if k != "max_new_tokens"}, config)
+        assert not fast.can_decode(dict(base, max_new_tokens=0), config)
         torch.manual_seed(3)
         with torch.inference_mode():
             sampled = model.generate(**base, do_sample=True, top_k=0)  # through generate's static cache
         assert sampled.shape == (1, 4)
+    finally:
+        model.fast_path = None
+
+
+def test_static_caches_are_reused_per_bucket_and_bounded(chatty):
+    model = chatty[0]
+    fast = enable_fast_path(model, compile_decode=False, cache_bucket=8)
+    fast.max_caches = 2
+    try:
+        first = fast._cache(model, 10)
+        assert fast._cache(model, 12) is first  # same bucket (16): the same tensors, reset
+        fast._cache(model, 20)
+        fast._cache(model, 30)  # a third bucket evicts the least recently used (16)
+        assert sorted(fast._caches) == [24, 32]
     finally:
         model.fast_path = None
 
