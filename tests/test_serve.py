@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 
@@ -48,6 +49,26 @@ def test_chat_completion_with_a_video_under_the_media_root(client):
     assert body["object"] == "chat.completion" and isinstance(body["choices"][0]["message"]["content"], str)
     assert body["usage"]["visual_tokens"] == 2 * 16 and body["storm"]["frames"] == 8
     assert body["usage"]["completion_tokens"] <= 4
+
+
+def test_preview_returns_the_sampled_frames_as_small_jpegs(client):
+    from PIL import Image
+
+    api, _ = client
+    body = api.post("/v1/chat/completions", json=chat("clip.mp4", frames=8, preview=3)).json()
+    previews = body["storm"]["preview"]
+    assert len(previews) == 3 and [p["t"] for p in previews] == sorted(p["t"] for p in previews)
+    for p in previews:
+        header, data = p["image"].split(",", 1)
+        assert header == "data:image/jpeg;base64"
+        image = Image.open(io.BytesIO(base64.b64decode(data)))
+        assert image.format == "JPEG" and image.height == 96
+    assert "preview" not in api.post("/v1/chat/completions", json=chat("clip.mp4", frames=8)).json()["storm"]
+    streamed = api.post("/v1/chat/completions", json=chat("clip.mp4", frames=8, preview=2, stream=True)).text
+    tail = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")][-1]
+    assert len(tail["storm"]["preview"]) == 2
+    r = api.post("/v1/chat/completions", json=chat("clip.mp4", frames=8, preview=65))
+    assert r.status_code == 422 and "preview" in r.text
 
 
 def test_data_url_upload_and_token_budget(client, media_root):
@@ -215,13 +236,14 @@ def test_page_in_headless_chromium(live_server, tmp_path):
             page.goto(live_server + "/")
             page.wait_for_selector("#video option[value='clip.mp4']", state="attached", timeout=30_000)
             page.select_option("#video", "clip.mp4")
-            page.fill("#frames", "8")
+            page.fill("#nframes", "8")
             page.fill("#question", "Which way does the bar move?")
             page.click("#ask")
             page.wait_for_function("document.getElementById('stats').textContent.includes('visual tokens')",
                                    timeout=60_000)  # fmt: skip
             assert page.text_content("#answer").strip()
             assert "frames 8" in page.text_content("#stats")
+            assert page.locator("#frames img").count() == 8  # the sampled frames, previewed
             page.screenshot(path=str(tmp_path / "page.png"))
         finally:
             browser.close()

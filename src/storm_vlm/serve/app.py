@@ -30,6 +30,7 @@ from ..inference import prepare_inputs
 from ..modeling.reduction import settings_for_budget
 from ..video import VideoError, sample_frames
 from .media import MediaError, resolve_media
+from .preview import frame_previews
 
 __all__ = ["ServerConfig", "create_app"]
 
@@ -88,6 +89,7 @@ class ChatRequest(BaseModel):
     spatial_pool: int | None = Field(default=None, ge=1)
     temporal_sampling: int | None = Field(default=None, ge=1)
     token_budget: int | None = Field(default=None, ge=1)
+    preview: int = Field(default=0, ge=0, le=64)  # this many sampled frames back as small JPEGs
 
 
 class StreamFrames(BaseModel):
@@ -221,6 +223,12 @@ def create_app(model, processor, config: ServerConfig | None = None, model_id: s
             "total_tokens": prepared.prompt_tokens + completion_tokens,
         }
 
+    def storm_info(clip, settings, timings: dict[str, float], preview: int) -> dict[str, Any]:
+        info: dict[str, Any] = {"frames": len(clip), "settings": str(settings), "timings_s": timings}
+        if preview:
+            info["preview"] = frame_previews(clip, preview)
+        return info
+
     def complete(req: ChatRequest) -> dict[str, Any]:
         if req.seed is not None:
             torch.manual_seed(req.seed)
@@ -237,7 +245,7 @@ def create_app(model, processor, config: ServerConfig | None = None, model_id: s
             "model": model_id,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
             "usage": usage(prepared, int(out.shape[1])),
-            "storm": {"frames": len(clip), "settings": str(settings), "timings_s": prepared.timer.timings},
+            "storm": storm_info(clip, settings, prepared.timer.timings, req.preview),
         }
 
     @app.post("/v1/chat/completions")
@@ -300,7 +308,7 @@ def create_app(model, processor, config: ServerConfig | None = None, model_id: s
             timings = dict(prepared.timer.timings, llm=counted.get("llm_s", 0.0))
             tail = {
                 "usage": usage(prepared, counted["tokens"]),
-                "storm": {"frames": len(clip), "settings": str(settings), "timings_s": timings},
+                "storm": storm_info(clip, settings, timings, req.preview),
             }
             yield event({}, "stop", tail)
             yield "data: [DONE]\n\n"
