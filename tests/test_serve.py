@@ -71,6 +71,25 @@ def test_preview_returns_the_sampled_frames_as_small_jpegs(client):
     assert r.status_code == 422 and "preview" in r.text
 
 
+def test_every_model_call_runs_on_one_worker_thread(media_root, monkeypatch):
+    """CUDA graphs are recorded per thread: plain and streamed requests must share one model thread."""
+    import threading
+
+    model, processor = build_tiny()
+    threads = set()
+    generate = model.generate
+
+    def recording_generate(*args, **kwargs):
+        threads.add(threading.get_ident())
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", recording_generate)
+    api = TestClient(create_app(model, processor, ServerConfig(media_root=media_root)))
+    for stream in (False, True, False, True):
+        assert api.post("/v1/chat/completions", json=chat("clip.mp4", frames=4, stream=stream)).status_code == 200
+    assert len(threads) == 1 and threading.get_ident() not in threads
+
+
 def test_data_url_upload_and_token_budget(client, media_root):
     api, _ = client
     data = base64.b64encode((media_root / "clip.mp4").read_bytes()).decode()

@@ -12,10 +12,12 @@ live streams ``POST /v1/streams``, ``POST /v1/streams/{id}/frames``, ``POST /v1/
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -121,6 +123,9 @@ def create_app(model, processor, config: ServerConfig | None = None, model_id: s
     cfg = config or ServerConfig()
     app = FastAPI(title="storm-vlm", version="0.1.0")
     lock = threading.Lock()  # one model call at a time
+    # Every model call runs on this one thread: besides serialising them, CUDA graphs (the fast
+    # path's decoding step) are recorded per thread, so a new thread per request would re-record.
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storm-model")
     state = {"pending": 0}
     streams: dict[str, LiveStream] = {}
 
@@ -146,7 +151,8 @@ def create_app(model, processor, config: ServerConfig | None = None, model_id: s
                 with lock:
                     return fn(*args)
 
-            return await asyncio.wait_for(asyncio.to_thread(locked), timeout=cfg.request_timeout_s)
+            future = asyncio.get_running_loop().run_in_executor(worker, locked)
+            return await asyncio.wait_for(future, timeout=cfg.request_timeout_s)
         except TimeoutError:
             raise ApiError(504, f"request took longer than {cfg.request_timeout_s:.0f} s", "timeout") from None
         finally:
@@ -276,17 +282,21 @@ def create_app(model, processor, config: ServerConfig | None = None, model_id: s
                 streamer.end()
 
         def generate():
-            with lock, torch.inference_mode():
-                if req.seed is not None:
-                    torch.manual_seed(req.seed)
-                started = time.perf_counter()
-                model.generate(
-                    inputs_embeds=prepared.inputs_embeds,
-                    attention_mask=prepared.attention_mask,
-                    streamer=Counter(),
-                    **gen_kwargs(req),
-                )
-                counted["llm_s"] = time.perf_counter() - started
+            try:
+                with lock, torch.inference_mode():
+                    if req.seed is not None:
+                        torch.manual_seed(req.seed)
+                    started = time.perf_counter()
+                    model.generate(
+                        inputs_embeds=prepared.inputs_embeds,
+                        attention_mask=prepared.attention_mask,
+                        streamer=Counter(),
+                        **gen_kwargs(req),
+                    )
+                    counted["llm_s"] = time.perf_counter() - started
+            except Exception:
+                streamer.end()  # the client's stream ends instead of waiting for the deadline
+                raise
 
         def event(delta: dict[str, Any], finish: str | None = None, extra: dict | None = None) -> str:
             body = {"id": chunk_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model_id,
@@ -294,8 +304,7 @@ def create_app(model, processor, config: ServerConfig | None = None, model_id: s
             return f"data: {json.dumps(body)}\n\n"
 
         async def events():
-            worker = threading.Thread(target=generate, daemon=True)
-            worker.start()
+            generation = worker.submit(generate)
             yield event({"role": "assistant"})
             iterator = iter(streamer)
             while True:
@@ -304,7 +313,8 @@ def create_app(model, processor, config: ServerConfig | None = None, model_id: s
                     break
                 if piece:
                     yield event({"content": piece})
-            worker.join(timeout=1)
+            with contextlib.suppress(Exception):  # a failed generation has ended the stream already
+                await asyncio.wait_for(asyncio.wrap_future(generation), timeout=1)
             timings = dict(prepared.timer.timings, llm=counted.get("llm_s", 0.0))
             tail = {
                 "usage": usage(prepared, counted["tokens"]),
