@@ -359,7 +359,11 @@ class MambaMixer(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, BranchState]:
         """``(B, L, D) → (B, L, D)``. With ``state`` / ``return_state`` (causal mixers only) the
         call continues a stream and returns the state to continue from."""
-        x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (B, E, L) each
+        # One GEMM straight into the (2E, B·L) layout, as mamba_ssm does: the conv and the scan then
+        # read each channel contiguously, where in_proj(h).transpose(1, 2) would be copied first.
+        batch, length, width = hidden_states.shape
+        xz = self.in_proj.weight @ hidden_states.reshape(batch * length, width).T  # (2E, B·L)
+        x, z = xz.view(-1, batch, length).transpose(0, 1).chunk(2, dim=1)  # (B, E, L) each
         if state is not None or return_state:
             if self.backward_branch is not None:
                 raise ValueError("a bidirectional mixer cannot stream: it needs the whole sequence")
