@@ -47,7 +47,7 @@ class ReproPlan:
 
 
 QUICK = ReproPlan(train_samples=240, test_samples=48, epochs=4, seeds=[0], sweep_frames=[16, 32])
-FULL = ReproPlan(train_samples=600, test_samples=160, epochs=4, seeds=[0, 1, 2])
+FULL = ReproPlan(train_samples=600, test_samples=160, epochs=10, seeds=[0, 1, 2])
 
 
 def _mean_ci(values: list[float]) -> tuple[float, float]:
