@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -122,9 +121,8 @@ def create_app(model, processor, config: ServerConfig | None = None, model_id: s
     """A FastAPI app serving ``model`` (already loaded) with ``processor``."""
     cfg = config or ServerConfig()
     app = FastAPI(title="storm-vlm", version="0.1.0")
-    lock = threading.Lock()  # one model call at a time
-    # Every model call runs on this one thread: besides serialising them, CUDA graphs (the fast
-    # path's decoding step) are recorded per thread, so a new thread per request would re-record.
+    # Every model call runs on this one thread, one at a time; it also keeps CUDA graphs (the fast
+    # path's decoding step, recorded per thread) from being re-recorded for each request.
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storm-model")
     state = {"pending": 0}
     streams: dict[str, LiveStream] = {}
@@ -146,12 +144,7 @@ def create_app(model, processor, config: ServerConfig | None = None, model_id: s
             raise ApiError(429, f"server busy: {state['pending']} requests waiting; retry later", "rate_limit_error")
         state["pending"] += 1
         try:
-
-            def locked():
-                with lock:
-                    return fn(*args)
-
-            future = asyncio.get_running_loop().run_in_executor(worker, locked)
+            future = asyncio.get_running_loop().run_in_executor(worker, fn, *args)
             return await asyncio.wait_for(future, timeout=cfg.request_timeout_s)
         except TimeoutError:
             raise ApiError(504, f"request took longer than {cfg.request_timeout_s:.0f} s", "timeout") from None
@@ -283,7 +276,7 @@ def create_app(model, processor, config: ServerConfig | None = None, model_id: s
 
         def generate():
             try:
-                with lock, torch.inference_mode():
+                with torch.inference_mode():
                     if req.seed is not None:
                         torch.manual_seed(req.seed)
                     started = time.perf_counter()
