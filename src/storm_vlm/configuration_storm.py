@@ -124,16 +124,22 @@ class StormConfig(PretrainedConfig):
         return -(-h // self.downsample), -(-w // self.downsample)
 
     @property
+    def vision_feature_depth(self) -> int:
+        """Encoder layers the feature comes out of: ``hidden_states[vision_feature_layer]`` is the
+        output of this many layers (-2 of 27 → 26); later layers never reach the projector."""
+        layer = self.vision_feature_layer
+        return self.vision_config.num_hidden_layers + 1 + layer if layer < 0 else layer
+
+    @property
     def vision_layers_run(self) -> int:
         """Vision encoder layers that run per frame: those up to ``vision_feature_layer``.
 
         SigLIP towers stop there (the default feature is the penultimate layer, so the last layer
         and the post-LayerNorm are skipped); other towers run every layer and pick a hidden state.
         """
-        total = self.vision_config.num_hidden_layers
         if self.vision_config.model_type != "siglip_vision_model" or self.vision_feature_layer == -1:
-            return total
-        return total + 1 + self.vision_feature_layer if self.vision_feature_layer < 0 else self.vision_feature_layer
+            return self.vision_config.num_hidden_layers
+        return self.vision_feature_depth
 
     def validate_storm(self) -> None:
         """Reject inconsistent settings with one message naming the field."""

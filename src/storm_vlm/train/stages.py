@@ -22,25 +22,24 @@ __all__ = ["configure_stage", "module_of", "param_groups"]
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
-def _unused_vision_parameter(name: str, num_layers: int, feature_layer: int) -> bool:
-    """hidden_states[feature_layer] is the output of layer num_layers + feature_layer (for < 0)."""
+def _unused_vision_parameter(name: str, feature_depth: int) -> bool:
+    """Layers past the first ``feature_depth`` (``StormConfig.vision_feature_depth``), the post-norm
+    and a pooling head never reach the projector."""
     if "post_layernorm" in name or name.startswith("head.") or ".head." in name:
         return True
     match = _LAYER.search(name)
-    last_used = num_layers + feature_layer if feature_layer < 0 else feature_layer - 1
-    return bool(match) and int(match.group(1)) > last_used
+    return bool(match) and int(match.group(1)) >= feature_depth
 
 
 def configure_stage(model: StormForConditionalGeneration, stage: int) -> dict[str, int]:
     """Set ``requires_grad`` for the stage; returns trainable parameter counts per module."""
     trainable = {"vision": stage >= 2, "projector": True, "llm": stage >= 2}
-    vision_cfg = model.config.vision_config
     for name, param in model.named_parameters():
         module = module_of(name)
         flag = trainable[module]
         if module == "vision":
             inner = name.split("vision_tower.", 1)[1]
-            if _unused_vision_parameter(inner, vision_cfg.num_hidden_layers, model.config.vision_feature_layer):
+            if _unused_vision_parameter(inner, model.config.vision_feature_depth):
                 flag = False
         param.requires_grad_(flag)
     counts = {k: 0 for k in trainable}
