@@ -28,7 +28,7 @@ from .modeling.reduction import ReductionSettings, reduce_tokens, settings_for_b
 from .processing_storm import StormProcessor
 from .video import Progress, VideoClip, sample_frames
 
-__all__ = ["Answer", "PreparedInputs", "StageTimer", "ask", "load_model", "prepare_inputs"]
+__all__ = ["Answer", "PreparedInputs", "StageTimer", "ask", "load_model", "prepare_inputs", "ready_for_inference"]
 
 
 @dataclass
@@ -94,8 +94,8 @@ def load_model(
     """Load a STORM model directory (weights, config, tokenizer, processor) for inference.
 
     On CUDA the default dtype is bf16 and the fast path (:mod:`storm_vlm.modeling.fast_path`:
-    compiled vision tower, static KV cache, CUDA-graph decoding) is on unless ``fast=False``;
-    ``fast=True`` compiles on CPU too.
+    static KV cache, CUDA-graph decoding) is on unless ``fast=False``; ``fast=True`` compiles on
+    CPU too.
     """
     path = check_model_dir(model_dir)
     on_cuda = device is not None and torch.device(device).type == "cuda"
@@ -108,10 +108,17 @@ def load_model(
         raise ModelLoadError(f"{path}: cannot load the model ({str(err).splitlines()[0]})") from None
     if device is not None:
         model.to(device)
+    return ready_for_inference(model, fast), processor
+
+
+def ready_for_inference(
+    model: StormForConditionalGeneration, fast: bool | None = None
+) -> StormForConditionalGeneration:
+    """Eval mode, and the fast path when asked (``fast=True``) or by default on CUDA."""
     model.eval()
-    if fast if fast is not None else on_cuda:
+    if fast if fast is not None else model.device.type == "cuda":
         enable_fast_path(model)
-    return model, processor
+    return model
 
 
 @dataclass

@@ -5,7 +5,8 @@ Configurations (paper §4, Fig. 8): ``none`` (STORM, no reduction), ``k4`` (temp
 baseline, no reduction). Each (configuration, frames) cell runs in a fresh process, so its peak
 memory is its own. Presets: ``tiny`` (tests), ``small`` (a random model with the paper's
 proportions: the LLM has ~17x the vision tower's parameters and dominates uncompressed latency),
-``7b-shapes`` (SigLIP-So400m-448 + Qwen2-7B arithmetic from configs only, no weights).
+``7b-shapes`` (SigLIP-So400m-448 + Qwen2-7B: measured with random bf16 weights on CUDA, elsewhere
+the arithmetic from configs only).
 """
 
 from __future__ import annotations
@@ -94,8 +95,7 @@ def _build(preset: str, projector_type: str, model_dir: str | None, device: str,
     """The measured model: a model directory, or a preset with random weights (bf16 on CUDA)."""
     import torch
 
-    from ..inference import load_model
-    from ..modeling.fast_path import enable_fast_path
+    from ..inference import load_model, ready_for_inference
     from ..presets import tiny_image_processor, tiny_tokenizer
     from ..processing_storm import StormProcessor
 
@@ -107,13 +107,11 @@ def _build(preset: str, projector_type: str, model_dir: str | None, device: str,
     tokenizer = tiny_tokenizer()
     config = preset_config(preset, projector_type)
     config.video_token_id, config.image_token_id = tokenizer.convert_tokens_to_ids(["<video>", "<image>"])
-    on_cuda = torch.device(device).type == "cuda"
     with torch.device(device):  # random init where it runs: a 7B model is built on the GPU in seconds
-        model = StormForConditionalGeneration(config).eval()
-    if on_cuda:
-        model.to(torch.bfloat16)
-    if fast if fast is not None else on_cuda:
-        enable_fast_path(model)
+        model = StormForConditionalGeneration(config)
+    if model.device.type == "cuda":
+        model.to(torch.bfloat16)  # as load_model does on CUDA
+    ready_for_inference(model, fast)
     size = config.vision_config.image_size
     processor = StormProcessor.from_config(tiny_image_processor(), tokenizer, config)
     processor.image_processor.size = {"height": size, "width": size}
