@@ -78,8 +78,8 @@ def tiny_text_config(vocab_size: int) -> Qwen2Config:
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=2,  # head_dim 32: vLLM's CPU attention needs at least that
+        num_key_value_heads=1,
         max_position_embeddings=8192,
         tie_word_embeddings=True,
     )

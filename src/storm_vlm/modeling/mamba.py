@@ -36,7 +36,16 @@ from . import scan_cpu, scan_triton
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BranchState", "MambaMixer", "SSMBranch", "scan_backend", "selective_scan_fn", "selective_scan_ref"]
+__all__ = [
+    "BranchState",
+    "MambaMixer",
+    "SSMBranch",
+    "keep_default_init",
+    "reset_default_init",
+    "scan_backend",
+    "selective_scan_fn",
+    "selective_scan_ref",
+]
 
 
 def _per_step(M: torch.Tensor, batch: int, dim: int) -> list[torch.Tensor] | None:
@@ -247,12 +256,44 @@ class BranchState:
     ssm: torch.Tensor
 
 
+DEFAULT_INIT = "default_init_scale"  # attribute marking a Linear / Conv1d that keeps PyTorch's init
+
+
+def keep_default_init(module: nn.Linear | nn.Conv1d, scale: float = 1.0) -> None:
+    """Give ``module`` PyTorch's default init (kaiming-uniform, a = √5: U(±scale/√fan_in)) with a
+    zero bias, and mark it so that :func:`reset_default_init` (which the model's ``_init_weights``
+    calls after transformers' generic normal(0.02)) gives it again.
+
+    mamba_ssm keeps this init for conv1d, x_proj, in_proj and out_proj (``scale = 1/√L`` for
+    out_proj under its ``rescale_prenorm_residual``); transformers' Mamba does the same for conv1d
+    and out_proj.
+    """
+    setattr(module, DEFAULT_INIT, scale)
+    reset_default_init(module)
+
+
+@torch.no_grad()
+def reset_default_init(module: nn.Module) -> None:
+    """Re-apply :func:`keep_default_init` to a marked module (no-op otherwise).
+
+    It goes through ``transformers.initialization``, which skips weights loaded from a checkpoint.
+    """
+    scale = getattr(module, DEFAULT_INIT, None)
+    if scale is None:
+        return
+    bound = scale / math.sqrt(module.weight[0].numel())
+    init.uniform_(module.weight, -bound, bound)
+    if module.bias is not None:
+        init.zeros_(module.bias)
+
+
 class SSMBranch(nn.Module):
     """One scan direction: causal depthwise conv1d, x_proj → (Δ, B, C), dt_proj, A_log, D.
 
     Weight names and initialisation follow mamba_ssm / transformers' ``MambaMixer`` so that
-    checkpoints map one to one (S4D-real A = -(1..N), D = 1, Δ initialised log-uniformly in
-    [dt_min, dt_max] through the inverse softplus of the dt_proj bias).
+    checkpoints map one to one (conv1d and x_proj kaiming-uniform with a zero conv bias, S4D-real
+    A = -(1..N), D = 1, Δ initialised log-uniformly in [dt_min, dt_max] through the inverse
+    softplus of the dt_proj bias).
     """
 
     def __init__(
@@ -273,6 +314,11 @@ class SSMBranch(nn.Module):
         self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
         self.A_log = nn.Parameter(torch.empty(d_inner, d_state))
         self.D = nn.Parameter(torch.empty(d_inner))
+        # The depthwise conv must keep its kaiming scale (std ≈ 0.29 for d_conv 4): with the generic
+        # transformers init (std 0.02) the conv output, and with it every gradient into the scan's
+        # Δ, B and C, is ~100x too small, and the scan carries nothing across frames.
+        keep_default_init(self.conv1d)
+        keep_default_init(self.x_proj)
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -333,7 +379,8 @@ class MambaMixer(nn.Module):
     before out_proj. Averaging after the SiLU(z) gate equals gating the average, since z is
     shared. With ``bidirectional=False`` this is exactly transformers' ``MambaMixer``.
 
-    Shapes: ``(B, L, D) → (B, L, D)`` with d_inner E = expand · D.
+    Shapes: ``(B, L, D) → (B, L, D)`` with d_inner E = expand · D. ``out_scale`` scales the init
+    of out_proj (1/√L in an L-block stack, mamba_ssm's ``rescale_prenorm_residual``).
     """
 
     def __init__(
@@ -344,6 +391,7 @@ class MambaMixer(nn.Module):
         expand: int = 2,
         dt_rank: int | None = None,
         bidirectional: bool = True,
+        out_scale: float = 1.0,
     ) -> None:
         super().__init__()
         d_inner = expand * d_model
@@ -353,6 +401,8 @@ class MambaMixer(nn.Module):
         self.forward_branch = SSMBranch(d_inner, d_state, d_conv, dt_rank)
         self.backward_branch = SSMBranch(d_inner, d_state, d_conv, dt_rank) if bidirectional else None
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        keep_default_init(self.in_proj)
+        keep_default_init(self.out_proj, out_scale)
 
     def forward(
         self, hidden_states: torch.Tensor, state: BranchState | None = None, return_state: bool = False

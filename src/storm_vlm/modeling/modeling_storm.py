@@ -12,7 +12,8 @@ Data flow for a batch of B clips of T frames (paper Fig. 2; DESIGN.md §1)::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -33,7 +34,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..configuration_storm import StormConfig
 from .fast_path import FastPath
-from .mamba import SSMBranch
+from .mamba import SSMBranch, reset_default_init
 from .projector import Projector
 from .reduction import ReductionSettings, reduce_tokens
 from .temporal import TemporalEncoder
@@ -58,8 +59,17 @@ class StormPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
     def _init_weights(self, module: nn.Module) -> None:
+        """transformers' generic init, except for the projector and the temporal module.
+
+        The temporal module starts as mamba_ssm's Mamba does and the projector as LLaVA's: their
+        Linear / Conv1d layers are marked by :func:`keep_default_init` and get PyTorch's default
+        init back here; each scan branch (visited after its children) re-draws A, D and Δ. Every
+        init goes through ``transformers.initialization``, which skips loaded weights, so
+        ``from_pretrained`` re-initialises nothing it loaded.
+        """
         super()._init_weights(module)
-        if isinstance(module, SSMBranch):  # after its Linear children got the generic init
+        reset_default_init(module)
+        if isinstance(module, SSMBranch):
             module.reset_ssm_parameters()
 
 
@@ -157,6 +167,23 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
     def apply_temporal(self, tokens: torch.Tensor) -> torch.Tensor:
         """The temporal Mamba module (identity for the ``mlp`` baseline). ``(B, T, N, D)`` in and out."""
         return self.temporal(tokens) if self.temporal is not None else tokens
+
+    @contextmanager
+    def scan_cut(self) -> Iterator[None]:
+        """Inside this block the temporal module scans every frame on its own (the same weights,
+        the scan cut at frame boundaries), so no token carries anything from another frame.
+
+        The Mamba-usage diagnostic: a model whose answers do not change under the cut does not use
+        its scan across frames. A no-op for the ``mlp`` baseline.
+        """
+        if self.temporal is None:
+            yield
+            return
+        self.temporal.cut_at_frames = True
+        try:
+            yield
+        finally:
+            self.temporal.cut_at_frames = False
 
     def get_visual_tokens(
         self, pixel_values_videos: torch.Tensor, settings: ReductionSettings | None = None

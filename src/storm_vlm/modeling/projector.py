@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .mamba import keep_default_init
+
 __all__ = ["Projector", "space_to_depth"]
 
 
@@ -42,6 +44,11 @@ class Projector(nn.Module):
             self.proj = nn.Sequential(nn.Linear(in_width, text_width), nn.GELU(), nn.Linear(text_width, text_width))
         else:
             raise ValueError(f"unknown projector kind {kind!r} (expected 'storm' or 'mlp')")
+        # Our choice (the paper is silent): PyTorch's default Linear init (kaiming-uniform) with zero
+        # biases, as LLaVA and VILA get it by building the projector outside the HF init. Unlike the
+        # generic normal(0.02), its output scale does not depend on the vision width.
+        for linear in (m for m in self.modules() if isinstance(m, nn.Linear)):
+            keep_default_init(linear)
 
     def forward(self, features: torch.Tensor, patch_grid: tuple[int, int]) -> torch.Tensor:
         m, _, c = features.shape

@@ -51,9 +51,19 @@ class TemporalEncoder(nn.Module):
         bidirectional: bool = True,
     ) -> None:
         super().__init__()
-        mixer_kwargs = dict(d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank, bidirectional=bidirectional)
+        # out_proj starts scaled by 1/√L, as mamba_ssm's rescale_prenorm_residual does: the residual
+        # stream's variance does not grow with depth and each block starts close to the identity.
+        mixer_kwargs = dict(
+            d_state=d_state,
+            d_conv=d_conv,
+            expand=expand,
+            dt_rank=dt_rank,
+            bidirectional=bidirectional,
+            out_scale=max(num_layers, 1) ** -0.5,
+        )
         self.layers = nn.ModuleList(TemporalBlock(d_model, **mixer_kwargs) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
+        self.cut_at_frames = False  # the Mamba-usage diagnostic: see StormForConditionalGeneration.scan_cut
 
     def forward(
         self, tokens: torch.Tensor, state: list[BranchState] | None = None, return_state: bool = False
@@ -65,6 +75,13 @@ class TemporalEncoder(nn.Module):
         of them, at a cost per frame that does not grow with the stream.
         """
         batch, frames, n_tokens, width = tokens.shape
+        if self.cut_at_frames:  # every frame scanned alone: nothing crosses a frame boundary
+            if state is not None or return_state:
+                raise ValueError("a stream cannot run with the scan cut at frame boundaries")
+            hidden = tokens.reshape(batch * frames, n_tokens, width)
+            for layer in self.layers:
+                hidden = layer(hidden)
+            return self.norm(hidden).view(batch, frames, n_tokens, width)
         hidden = tokens.reshape(batch, frames * n_tokens, width)  # raster-then-time order
         if state is None and not return_state:
             for layer in self.layers:
