@@ -235,3 +235,200 @@ def test_sharded_eval_with_accelerate(mvbench_root, tmp_path, tiny):
     results = json.loads((out / "frames-4" / "results.json").read_text())
     ids = [p["id"] for p in results["predictions"]]
     assert len(ids) == len(set(ids)) == 7  # each question once
+
+
+# -- the Mamba-usage diagnostic: every question also scored with the scan cut at frame boundaries ------------
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    """A synthetic suite, one question per task (6), 8-frame clips."""
+    from storm_vlm.synth import make_suite
+
+    root = tmp_path_factory.mktemp("synth")
+    make_suite(root, split="test", num_samples=6, num_frames=8)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tiny, tmp_path_factory):
+    model, processor = tiny
+    path = tmp_path_factory.mktemp("tiny-storm")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def _rows_usage(rows):
+    """What the usage summary must say, from the rows directly."""
+    return {
+        "answered": len(rows),
+        "correct": sum(r["correct"] for r in rows),
+        "correct_cut": sum(r["correct_cut"] for r in rows),
+        "changed": sum(r["parsed"] != r["parsed_cut"] for r in rows),
+        "accuracy": sum(r["correct"] for r in rows) / len(rows),
+        "accuracy_cut": sum(r["correct_cut"] for r in rows) / len(rows),
+        "changed_fraction": sum(r["parsed"] != r["parsed_cut"] for r in rows) / len(rows),
+    }
+
+
+def test_scan_cut_scores_every_question_twice(synth_root, tiny_dir, tiny, tmp_path):
+    from storm_vlm.eval import mamba_usage
+    from storm_vlm.eval.runner import EvalSettings
+
+    kw = dict(out=None, device="cpu", scoring="loglik")
+    plain = run_benchmark(tiny_dir, "synthetic", synth_root, [4], **{**kw, "out": tmp_path / "plain"})[4]
+    cut = run_benchmark(tiny_dir, "synthetic", synth_root, [4], **{**kw, "out": tmp_path / "cut"}, scan_cut=True)[4]
+    assert "mamba_usage" not in plain and not plain["config"]["scan_cut"] and cut["config"]["scan_cut"]
+    rows = cut["predictions"]
+    assert len(rows) == 6 and all("error" not in r for r in rows)
+    # the normal pass is exactly a run without the option: same predictions, same accuracies
+    by_id = {r["id"]: r for r in plain["predictions"]}
+    for row in rows:
+        assert (row["parsed"], row["scores"]) == (by_id[row["id"]]["parsed"], by_id[row["id"]]["scores"])
+        assert row["changed"] == (row["parsed"] != row["parsed_cut"])
+    assert cut["overall"] == plain["overall"] and cut["per_task"] == plain["per_task"]
+    # the second pass ran under the cut: the bidirectional scan's context changes the option scores
+    diffs = [abs(a - b) for r in rows for a, b in zip(r["scores"], r["scores_cut"])]
+    assert max(diffs) > 1e-4, "cut and normal scores identical: the scan cut was not applied"
+    # ... and is what _predict gives inside model.scan_cut() (the same frames, the same model)
+    model, processor = tiny
+    _, items, _ = load_benchmark("synthetic", synth_root)
+    settings = EvalSettings(num_frames=4, reduction=model.reduction_settings(), scoring="loglik")
+    with model.scan_cut():
+        alone = runner_mod._predict(model, processor, items[0], items[0].question, settings)
+    first = next(r for r in rows if r["id"] == items[0].id)
+    assert alone["scores"] == pytest.approx(first["scores_cut"], abs=1e-4)
+    assert alone["scores"] != pytest.approx(first["scores"], abs=1e-4)
+    # the summary: both accuracies and the changed fraction, overall and per task, as the rows say
+    usage = cut["mamba_usage"]
+    assert usage["applies"] is True
+    assert usage["overall"] == pytest.approx(_rows_usage(rows))
+    assert usage["overall"]["accuracy"] == plain["overall"]["accuracy"]
+    assert set(usage["per_task"]) == {r["task"] for r in rows}
+    for task, got in usage["per_task"].items():
+        assert got == pytest.approx(_rows_usage([r for r in rows if r["task"] == task]))
+    assert mamba_usage(rows) == usage  # the public function, from the rows alone
+    saved = json.loads((tmp_path / "cut" / "frames-4" / "results.json").read_text())
+    assert saved["mamba_usage"] == usage
+    summary = (tmp_path / "cut" / "frames-4" / "summary.md").read_text()
+    o = usage["overall"]
+    assert (
+        "## Mamba usage" in summary
+        and (
+            f"| **overall** | {100 * o['accuracy']:.1f} | {100 * o['accuracy_cut']:.1f} | "
+            f"{100 * o['changed_fraction']:.1f} | {o['changed']} / 6 |"
+        )
+        in summary
+    )
+    assert "Mamba usage" not in (tmp_path / "plain" / "frames-4" / "summary.md").read_text()
+
+
+def test_scan_cut_changed_fraction_decodes_once_and_resumes(synth_root, tiny_dir, tmp_path, monkeypatch):
+    """The tiny random model's answers never flip under the cut (its scores move by ~1e-3): a stand-in that
+    answers otherwise for every other question when (and only when) it runs inside model.scan_cut()."""
+    import io
+
+    from rich.console import Console
+
+    real_predict, real_sample = runner_mod._predict, runner_mod._sample
+    predicted, sampled = [], []
+
+    def predict(model, processor, item, prompt, settings, sampled=None):
+        row = real_predict(model, processor, item, prompt, settings, sampled)  # the real model call
+        if model.temporal.cut_at_frames and int(item.id[-1]) % 2:  # set by model.scan_cut() only
+            row["parsed"] = "ABCD"[("ABCD".index(row["parsed"]) + 1) % len(item.options)]
+            row["correct"] = row["parsed"] == item.answer
+        predicted.append(item.id)
+        return row
+
+    def sample(item, settings):
+        sampled.append(item.id)
+        return real_sample(item, settings)
+
+    monkeypatch.setattr(runner_mod, "_predict", predict)
+    monkeypatch.setattr(runner_mod, "_sample", sample)
+    out = tmp_path / "eval"
+    kw = dict(out=out, device="cpu", scoring="loglik")
+    # a run without the cut first: its rows lack the cut prediction, so they are not done for a run with it
+    run_benchmark(tiny_dir, "synthetic", synth_root, [4], **kw)
+    assert len(predicted) == len(sampled) == 6
+    predicted.clear(), sampled.clear()
+    text = io.StringIO()
+    res = run_benchmark(tiny_dir, "synthetic", synth_root, [4], **kw, scan_cut=True, console=Console(file=text))[4]
+    assert len(sampled) == 6 and len(predicted) == 12  # every question redone, its clip decoded once for both passes
+    rows = res["predictions"]
+    assert len(rows) == 6 and all("parsed_cut" in r for r in rows)  # the complete rows win over the no-cut ones
+    changed = sum(r["parsed"] != r["parsed_cut"] for r in rows)
+    assert changed == 3 and [r["changed"] for r in rows] == [False, True] * 3  # only under the cut, odd ids
+    assert res["mamba_usage"]["overall"] == pytest.approx(_rows_usage(rows))
+    for task, got in res["mamba_usage"]["per_task"].items():
+        assert got == pytest.approx(_rows_usage([r for r in rows if r["task"] == task]))
+    o = res["mamba_usage"]["overall"]
+    line = " ".join(text.getvalue().split())
+    assert f"accuracy {100 * o['accuracy']:.1f}%" in line
+    assert f"scan cut: accuracy {100 * o['accuracy_cut']:.1f}%" in line
+    assert f"answers changed {100 * o['changed_fraction']:.1f}% ({changed}/6)" in line
+    # a rerun with the cut has nothing left to do
+    predicted.clear(), sampled.clear()
+    again = run_benchmark(tiny_dir, "synthetic", synth_root, [4], **kw, scan_cut=True)[4]
+    assert predicted == sampled == [] and again["mamba_usage"] == res["mamba_usage"]
+
+
+def test_mamba_usage_function():
+    from storm_vlm.eval import mamba_usage
+
+    def row(i, task, parsed, parsed_cut, answer="A"):
+        return {"id": str(i), "task": task, "parsed": parsed, "parsed_cut": parsed_cut, "answer": answer,
+                "correct": parsed == answer, "correct_cut": parsed_cut == answer}  # fmt: skip
+
+    rows = [row(0, "a", "A", "A"), row(1, "a", "A", "B"), row(2, "a", "B", None), row(3, "b", "C", "C"),
+            {"id": "4", "task": "b", "error": "missing video"}]  # fmt: skip
+    usage = mamba_usage(rows)
+    assert usage["overall"] == {"answered": 4, "correct": 2, "correct_cut": 1, "changed": 2,
+                                "accuracy": 0.5, "accuracy_cut": 0.25, "changed_fraction": 0.5}  # fmt: skip
+    assert usage["per_task"]["a"]["changed"] == 2 and usage["per_task"]["a"]["changed_fraction"] == pytest.approx(2 / 3)
+    assert usage["per_task"]["b"] == {"answered": 1, "correct": 0, "correct_cut": 0, "changed": 0,
+                                      "accuracy": 0.0, "accuracy_cut": 0.0, "changed_fraction": 0.0}  # fmt: skip
+    with pytest.raises(ValueError, match="lack the scan-cut prediction"):
+        mamba_usage([{"id": "x", "task": "a", "parsed": "A", "correct": True}])
+
+
+def test_mamba_usage_not_applicable_to_mlp(synth_root, tiny_mlp, tmp_path, monkeypatch):
+    model, processor = tiny_mlp
+    model.save_pretrained(tmp_path / "mlp")
+    processor.save_pretrained(tmp_path / "mlp")
+    real_predict, calls = runner_mod._predict, []
+
+    def predict(*args, **kwargs):
+        calls.append(args[2].id)
+        return real_predict(*args, **kwargs)
+
+    monkeypatch.setattr(runner_mod, "_predict", predict)
+    res = run_benchmark(tmp_path / "mlp", "synthetic", synth_root, [4], out=tmp_path / "eval", device="cpu",
+                        scoring="loglik", limit=2, scan_cut=True)[4]  # fmt: skip
+    assert res["mamba_usage"]["applies"] is False and "no temporal module" in res["mamba_usage"]["reason"]
+    assert "overall" not in res["mamba_usage"]  # no zeros reported as a finding
+    assert len(calls) == 2 and not any("parsed_cut" in r for r in res["predictions"])  # one pass: the cut is a no-op
+    assert (
+        "Mamba usage (scan cut at frame boundaries): not applicable"
+        in (tmp_path / "eval" / "frames-4" / "summary.md").read_text()
+    )
+
+
+def test_cli_mamba_usage(synth_root, tiny_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from storm_vlm.cli import app
+
+    cli = CliRunner()
+    assert "--mamba-usage" in " ".join(cli.invoke(app, ["eval", "--help"]).output.split())
+    args = ["eval", str(tiny_dir), "--benchmark", "synthetic", "--data-root", str(synth_root), "--frames", "4",
+            "--scoring", "loglik", "--limit", "2", "--device", "cpu", "--mamba-usage",
+            "--out", str(tmp_path / "o")]  # fmt: skip
+    result = cli.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "scan cut: accuracy" in " ".join(result.output.split())
+    saved = json.loads((tmp_path / "o" / "frames-4" / "results.json").read_text())
+    assert saved["mamba_usage"]["applies"] and saved["mamba_usage"]["overall"]["answered"] == 2
+    assert all("parsed_cut" in r and "correct_cut" in r for r in saved["predictions"])

@@ -195,6 +195,16 @@ def eval_(
         Scoring.generate
     ),
     out: Annotated[Path | None, typer.Option(help="Output folder (default outputs/eval/BENCH-MODEL).")] = None,
+    mamba_usage: Annotated[
+        bool,
+        typer.Option(
+            "--mamba-usage/--no-mamba-usage",
+            help="Also score every question with the temporal scan cut at frame boundaries (each frame scanned "
+            "alone, same frames): results.json and summary.md add both accuracies and the fraction of answers "
+            "the cut changes, per task. Unchanged answers do not use the Mamba across frames. Not applicable "
+            "to the mlp baseline. Costs a second model pass per question.",
+        ),
+    ] = False,
     device: Device = None,
     fast: Fast = None,
 ) -> None:
@@ -225,6 +235,7 @@ def eval_(
         fast=fast,
         console=console,
         token_budget=token_budget,
+        scan_cut=mamba_usage,
     )
 
 

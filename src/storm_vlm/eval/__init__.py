@@ -2,7 +2,9 @@
 
     storm-vlm eval runs/storm-7b --benchmark mvbench --data-root /data/MVBench --frames 16,32,64
 
-See ``docs/benchmarks.md`` for each benchmark's local layout.
+See ``docs/benchmarks.md`` for each benchmark's local layout. With ``--mamba-usage``
+(``scan_cut=True``) every question is also scored with the temporal scan cut at frame boundaries,
+and the results report both accuracies and how many answers the cut changes (:func:`mamba_usage`).
 """
 
 from __future__ import annotations
@@ -15,10 +17,19 @@ from rich.console import Console
 from ..modeling.reduction import settings_for_budget
 from .benchmarks import BENCHMARKS, load_benchmark
 from .items import MCItem, parse_letter
-from .runner import EvalSettings, evaluate
+from .runner import EvalSettings, evaluate, mamba_usage
 from .sweep import plot_lines, sweep_table
 
-__all__ = ["BENCHMARKS", "EvalSettings", "MCItem", "evaluate", "load_benchmark", "parse_letter", "run_benchmark"]
+__all__ = [
+    "BENCHMARKS",
+    "EvalSettings",
+    "MCItem",
+    "evaluate",
+    "load_benchmark",
+    "mamba_usage",
+    "parse_letter",
+    "run_benchmark",
+]
 
 
 def run_benchmark(
@@ -37,12 +48,15 @@ def run_benchmark(
     console: Console | None = None,
     token_budget: int | None = None,
     fast: bool | None = None,
+    scan_cut: bool = False,
 ) -> dict[int, dict[str, Any]]:
     """Evaluate a model directory on a benchmark at one or more frame counts.
 
     Writes ``OUT/frames-N/{predictions*.jsonl,results.json,summary.md}`` per frame count and, for a
     sweep, ``OUT/sweep.md`` and ``OUT/sweep.png`` (accuracy vs frames). Returns results per N.
     With ``token_budget``, each frame count gets the least compression that fits the budget.
+    With ``scan_cut``, every question is scored twice, normally and under ``model.scan_cut()``, and
+    each ``results.json`` gets a ``mamba_usage`` section (not applicable to the ``mlp`` baseline).
     """
     import torch
 
@@ -73,14 +87,14 @@ def run_benchmark(
         if token_budget is not None:
             reduction = settings_for_budget(token_budget, n, model.config.token_grid)
             console.print(f"{n} frames, budget {token_budget} visual tokens → {reduction}")
-        settings = EvalSettings(num_frames=n, reduction=reduction, scoring=scoring, limit=limit)
+        settings = EvalSettings(num_frames=n, reduction=reduction, scoring=scoring, limit=limit, scan_cut=scan_cut)
         res = evaluate(model, processor, items, bench.prompt, settings, out / f"frames-{n}", config, problems, console)
         if res is not None:
             results[n] = res
-            acc = res["overall"]["accuracy"]
             console.print(
-                f"{benchmark} {n} frames: accuracy {'—' if acc is None else f'{100 * acc:.1f}%'} "
-                f"({res['overall']['answered']} answered, {res['overall']['errors']} errors) → {out / f'frames-{n}'}"
+                f"{benchmark} {n} frames: accuracy {_pct(res['overall']['accuracy'])} "
+                f"({res['overall']['answered']} answered, {res['overall']['errors']} errors){_usage_line(res)} "
+                f"→ {out / f'frames-{n}'}"
             )
     if len(frames) > 1 and results:
         label = f"{Path(model_dir).name} " + (f"budget {token_budget}" if token_budget else str(reduction))
@@ -94,3 +108,21 @@ def run_benchmark(
         )
         console.print(f"sweep table and plot: {out / 'sweep.md'}, {out / 'sweep.png'}")
     return results
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def _usage_line(results: dict[str, Any]) -> str:
+    """The Mamba-usage part of the console line for one frame count ("" without the diagnostic)."""
+    usage = results.get("mamba_usage")
+    if usage is None:
+        return ""
+    if not usage["applies"]:
+        return "; Mamba usage: not applicable (no temporal module)"
+    u = usage["overall"]
+    return (
+        f"; scan cut: accuracy {_pct(u['accuracy_cut'])}, answers changed {_pct(u['changed_fraction'])} "
+        f"({u['changed']}/{u['answered']})"
+    )

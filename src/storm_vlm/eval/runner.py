@@ -8,6 +8,15 @@ as it is made, so a rerun skips what is already answered. Under ``accelerate lau
 takes every k-th question; the main process merges the shards (each question once) and writes
 ``results.json`` (every prediction, accuracy per task / duration group / overall, config, frames,
 visual tokens, timings) and ``summary.md``.
+
+With ``EvalSettings.scan_cut`` every question is also scored a second time inside
+``model.scan_cut()`` (the temporal Mamba scans each frame alone) on the same sampled frames: the
+Mamba-usage diagnostic. Each row then holds both predictions (``parsed`` / ``parsed_cut``,
+``correct`` / ``correct_cut``, ``raw_output`` / ``raw_output_cut``, ``changed``) and the results a
+``mamba_usage`` section (see :func:`mamba_usage`): both accuracies and the fraction of answers the
+cut changes, overall and per task. A model whose answers do not change does not use its scan
+across frames. The ``mlp`` baseline has no temporal module: the section says the diagnostic does
+not apply and the second pass is not run.
 """
 
 from __future__ import annotations
@@ -29,10 +38,10 @@ from ..inference import prepare_inputs
 from ..modeling.modeling_storm import StormForConditionalGeneration
 from ..modeling.reduction import ReductionSettings
 from ..processing_storm import StormProcessor
-from ..video import VideoError, sample_frames
+from ..video import VideoClip, VideoError, sample_frames
 from .items import LETTERS, MCItem, parse_letter
 
-__all__ = ["EvalSettings", "evaluate", "summarize"]
+__all__ = ["EvalSettings", "evaluate", "mamba_usage", "summarize"]
 
 PromptFn = Callable[[MCItem], str]
 
@@ -44,6 +53,10 @@ class EvalSettings:
     scoring: str = "generate"  # or "loglik"
     max_new_tokens: int = 16
     limit: int | None = None
+    scan_cut: bool = False  # also score every question under model.scan_cut(): the Mamba-usage diagnostic
+
+
+NOT_APPLICABLE = "the model has no temporal module (mlp baseline): the scan cut changes nothing, nothing to measure"
 
 
 def _rank_world() -> tuple[int, int, Any]:
@@ -72,13 +85,8 @@ def _read_rows(paths: list[Path]) -> list[dict[str, Any]]:
     return rows
 
 
-def _predict(
-    model: StormForConditionalGeneration,
-    processor: StormProcessor,
-    item: MCItem,
-    prompt: str,
-    settings: EvalSettings,
-) -> dict[str, Any]:
+def _sample(item: MCItem, settings: EvalSettings) -> tuple[VideoClip, float]:
+    """The question's clip (uniform ``num_frames`` within its bounds) and the seconds decoding took."""
     started = time.perf_counter()
     clip = sample_frames(
         item.video,
@@ -87,7 +95,19 @@ def _predict(
         end=item.end,
         frame_fps=item.extra.get("frame_fps", 1.0),
     )
-    decode_s = time.perf_counter() - started
+    return clip, time.perf_counter() - started
+
+
+def _predict(
+    model: StormForConditionalGeneration,
+    processor: StormProcessor,
+    item: MCItem,
+    prompt: str,
+    settings: EvalSettings,
+    sampled: tuple[VideoClip, float] | None = None,
+) -> dict[str, Any]:
+    """Score one question: its row. ``sampled`` (clip, decode seconds) reuses frames already decoded."""
+    clip, decode_s = sampled if sampled is not None else _sample(item, settings)
     prepared = prepare_inputs(model, processor, clip, prompt, settings.reduction)
     letters = LETTERS[: len(item.options)]
     with torch.inference_mode():
@@ -105,6 +125,7 @@ def _predict(
                 scores.append(float(logprobs.sum()))
             letter = letters[max(range(len(scores)), key=scores.__getitem__)]
             raw = " ".join(f"{c}:{v:.3f}" for c, v in zip(letters, scores))
+            extra = {"scores": scores}  # full precision: raw_output rounds
         else:
             out = model.generate(
                 inputs_embeds=prepared.inputs_embeds,
@@ -116,6 +137,7 @@ def _predict(
             )
             raw = processor.decode(out[0]).strip()
             letter = parse_letter(raw, len(item.options), item.options)
+            extra = {}
         llm_s = time.perf_counter() - gen_start
     timings = dict(prepared.timer.timings, decode=decode_s, llm=llm_s)
     return {
@@ -126,10 +148,39 @@ def _predict(
         "raw_output": raw,
         "parsed": letter,
         "correct": letter == item.answer,
+        **extra,
         "frames": len(clip),
         "visual_tokens": prepared.visual_tokens,
         "timings": timings,
     }
+
+
+def _score(
+    model: StormForConditionalGeneration,
+    processor: StormProcessor,
+    item: MCItem,
+    prompt: str,
+    settings: EvalSettings,
+    cut: bool,
+) -> dict[str, Any]:
+    """One question's row; with ``cut``, scored again under ``model.scan_cut()`` on the same frames."""
+    if not cut:
+        return _predict(model, processor, item, prompt, settings)
+    clip, decode_s = _sample(item, settings)
+    row = _predict(model, processor, item, prompt, settings, sampled=(clip, decode_s))
+    with model.scan_cut():
+        under_cut = _predict(model, processor, item, prompt, settings, sampled=(clip, 0.0))  # decoded once
+    for key in ("raw_output", "parsed", "correct", "scores"):  # scores: loglik scoring only
+        if key in under_cut:
+            row[f"{key}_cut"] = under_cut[key]
+    row["changed"] = row["parsed_cut"] != row["parsed"]
+    row["timings_cut"] = {k: v for k, v in under_cut["timings"].items() if k != "decode"}
+    return row
+
+
+def _complete(row: dict[str, Any], fields: tuple[str, ...]) -> bool:
+    """An answered row holding every prediction field this run needs (a no-cut row lacks the cut's)."""
+    return "error" not in row and all(f in row for f in fields)
 
 
 def evaluate(
@@ -150,10 +201,16 @@ def evaluate(
     rank, world, state = _rank_world()
     if settings.limit is not None:
         items = items[: settings.limit]
-    done = {row["id"] for row in _read_rows(sorted(out.glob("predictions*.jsonl"))) if "error" not in row}
+    has_temporal = model.temporal is not None
+    cut = settings.scan_cut and has_temporal  # the mlp baseline: the cut is a no-op, one pass is enough
+    if settings.scan_cut and not has_temporal and rank == 0:
+        console.print(f"[yellow]Mamba usage: not applicable[/yellow] ({NOT_APPLICABLE})")
+    needed = ("parsed", "parsed_cut") if cut else ("parsed",)
+    rows = _read_rows(sorted(out.glob("predictions*.jsonl")))
+    done = {row["id"] for row in rows if _complete(row, needed)}
     shard = [it for i, it in enumerate(items) if i % world == rank and it.id not in done]
     mine = out / f"predictions.rank{rank}.jsonl"
-    correct = answered = 0
+    correct = correct_cut = changed = answered = 0
     progress = Progress(
         TextColumn("[bold]eval[/bold]"),
         BarColumn(),
@@ -167,7 +224,7 @@ def evaluate(
         task = progress.add_task("eval", total=len(shard), acc="")
         for item in shard:
             try:
-                row = _predict(model, processor, item, prompt_fn(item), settings)
+                row = _score(model, processor, item, prompt_fn(item), settings, cut)
             except (VideoError, ValueError, OSError) as err:  # bad data: report, count, go on
                 row = {"id": item.id, "task": item.task, "duration_group": item.duration_group,
                        "answer": item.answer, "error": str(err).splitlines()[0]}  # fmt: skip
@@ -176,18 +233,29 @@ def evaluate(
             if "error" not in row:
                 answered += 1
                 correct += int(row["correct"])
-            progress.update(task, advance=1, acc=f"acc {correct / max(answered, 1):.3f}")
+                correct_cut += int(row.get("correct_cut", False))
+                changed += int(row.get("changed", False))
+            acc = f"acc {correct / max(answered, 1):.3f}"
+            if cut:
+                acc += f", cut {correct_cut / max(answered, 1):.3f}, changed {changed / max(answered, 1):.3f}"
+            progress.update(task, advance=1, acc=acc)
     if state is not None and world > 1:
         state.wait_for_everyone()
     if rank != 0:
         return None
     rows = _read_rows(sorted(out.glob("predictions*.jsonl")))
     merged: dict[str, dict[str, Any]] = {}
-    for row in rows:  # each question once; a real answer wins over an earlier error
-        if row["id"] not in merged or "error" in merged[row["id"]]:
+    for row in rows:  # each question once; a complete answer wins over an earlier error or no-cut row
+        if row["id"] not in merged or not _complete(merged[row["id"]], needed):
             merged[row["id"]] = row
     wanted = [it.id for it in items]
-    results = summarize([merged[i] for i in wanted if i in merged], settings, config or {}, load_problems or [])
+    results = summarize(
+        [merged[i] for i in wanted if i in merged],
+        settings,
+        config or {},
+        load_problems or [],
+        has_temporal=has_temporal,
+    )
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "summary.md").write_text(markdown_summary(results))
     return results
@@ -205,8 +273,52 @@ def _accuracy(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _usage(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    n = len(rows)
+    n_correct, n_cut = sum(bool(r["correct"]) for r in rows), sum(bool(r["correct_cut"]) for r in rows)
+    n_changed = sum(r["parsed"] != r["parsed_cut"] for r in rows)
+    return {
+        "answered": n,
+        "correct": n_correct,
+        "correct_cut": n_cut,
+        "changed": n_changed,
+        "accuracy": n_correct / n if n else None,
+        "accuracy_cut": n_cut / n if n else None,
+        "changed_fraction": n_changed / n if n else None,
+    }
+
+
+def mamba_usage(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Mamba-usage diagnostic from rows scored with and without the scan cut.
+
+    Rows with an ``error`` are left out; every other row needs ``parsed``, ``parsed_cut``,
+    ``correct`` and ``correct_cut``. Returns ``{"applies": True, "overall": ..., "per_task": ...}``,
+    each part with ``answered``, ``correct``, ``correct_cut``, ``changed`` (answers whose parsed
+    letter differs under the cut, an unparsed answer included) and ``accuracy``, ``accuracy_cut``,
+    ``changed_fraction`` (None when nothing was answered).
+    """
+    ok = [r for r in rows if "error" not in r]
+    lacking = [r["id"] for r in ok if "parsed_cut" not in r or "correct_cut" not in r]
+    if lacking:
+        raise ValueError(
+            f"{len(lacking)} row(s) lack the scan-cut prediction (e.g. {lacking[0]!r}): score them with scan_cut"
+        )
+    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in ok:
+        by_task[row["task"]].append(row)
+    return {
+        "applies": True,
+        "overall": _usage(ok),
+        "per_task": {t: _usage(v) for t, v in sorted(by_task.items())},
+    }
+
+
 def summarize(
-    rows: list[dict[str, Any]], settings: EvalSettings, config: dict[str, Any], load_problems: list[str]
+    rows: list[dict[str, Any]],
+    settings: EvalSettings,
+    config: dict[str, Any],
+    load_problems: list[str],
+    has_temporal: bool = True,
 ) -> dict[str, Any]:
     by_task, by_group = defaultdict(list), defaultdict(list)
     for row in rows:
@@ -215,6 +327,9 @@ def summarize(
             by_group[row["duration_group"]].append(row)
     ok = [r for r in rows if "error" not in r]
     timing_keys = sorted({k for r in ok for k in r["timings"]})
+    usage: dict[str, Any] = {}
+    if settings.scan_cut:
+        usage = {"mamba_usage": mamba_usage(rows) if has_temporal else {"applies": False, "reason": NOT_APPLICABLE}}
     return {
         "overall": _accuracy(rows),
         "per_task": {t: _accuracy(v) for t, v in sorted(by_task.items())},
@@ -226,12 +341,14 @@ def summarize(
             "spatial_pool": settings.reduction.spatial_pool,
             "temporal_sampling": settings.reduction.temporal_sampling,
             "scoring": settings.scoring,
+            "scan_cut": settings.scan_cut,
         },
         "mean_frames": statistics.mean(r["frames"] for r in ok) if ok else None,
         "mean_visual_tokens": statistics.mean(r["visual_tokens"] for r in ok) if ok else None,
         "mean_timings_s": {k: statistics.mean(r["timings"].get(k, 0.0) for r in ok) for k in timing_keys},
         "load_problems": load_problems,
         "item_errors": [{"id": r["id"], "error": r["error"]} for r in rows if "error" in r],
+        **usage,
         "predictions": rows,
     }
 
@@ -257,6 +374,25 @@ def markdown_summary(results: dict[str, Any]) -> str:
         lines += ["", "| duration group | accuracy (%) | answered |", "|---|---|---|"]
         for name, acc in results["per_duration_group"].items():
             lines.append(f"| {name} | {_pct(acc['accuracy'])} | {acc['answered']} |")
+    usage = results.get("mamba_usage")
+    if usage is not None and not usage["applies"]:
+        lines += ["", f"Mamba usage (scan cut at frame boundaries): not applicable, {usage['reason']}."]
+    elif usage is not None:
+        lines += [
+            "",
+            "## Mamba usage: the temporal scan cut at frame boundaries",
+            "",
+            "The same questions and frames, scored again with every frame scanned alone; answers that do not "
+            "change under the cut do not use the scan across frames.",
+            "",
+            "| task | accuracy (%) | accuracy, scan cut (%) | answers changed (%) | changed / answered |",
+            "|---|---|---|---|---|",
+        ]
+        for name, u in [*usage["per_task"].items(), ("**overall**", usage["overall"])]:
+            lines.append(
+                f"| {name} | {_pct(u['accuracy'])} | {_pct(u['accuracy_cut'])} | {_pct(u['changed_fraction'])} "
+                f"| {u['changed']} / {u['answered']} |"
+            )
     problems = results["load_problems"] + [f"{e['id']}: {e['error']}" for e in results["item_errors"]]
     if problems:
         lines += ["", f"{len(problems)} data problem(s):", ""] + [f"- {p}" for p in problems[:50]]
