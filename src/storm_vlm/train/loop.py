@@ -5,7 +5,9 @@
         -m storm_vlm.cli train configs/7b-stage2.yaml
 
 AdamW, cosine schedule with linear warmup, gradient accumulation, clipping, mixed precision,
-gradient checkpointing and optional LoRA (peft) on the LLM. Every ``save_every`` optimizer steps a
+gradient checkpointing and optional LoRA (peft) on the LLM. A step's loss is the mean over the target
+tokens of its whole global batch (every micro-batch of the accumulation window on every process), so
+batch 8, 2 × 4 accumulation and 2 processes × 4 give the same gradient. Every ``save_every`` optimizer steps a
 checkpoint (model, optimizer, scheduler, RNG states, data position) is written to a temporary
 folder and renamed into ``output_dir/checkpoints/step-NNNNNN``; the last ``keep_last`` are kept.
 ``resume: true`` continues from the newest one so that every later step sees the same batches and
@@ -16,10 +18,13 @@ gives the same loss as an uninterrupted run. The final model is a ``from_pretrai
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import math
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +105,43 @@ def _token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, in
     target = labels[:, 1:]
     mask = target != -100
     return int((predicted[mask] == target[mask]).sum()), int(mask.sum())
+
+
+def _windows(loader: DataLoader, size: int) -> Iterator[list[dict[str, Any]]]:
+    """The loader's batches, ``size`` at a time: one optimizer step's micro-batches (the last of an epoch may be short).
+
+    The loss of a step is a mean over all its target tokens, so their number must be known before
+    the step's first micro-batch runs: the whole window is fetched first.
+    """
+    batches = iter(loader)
+    while window := list(itertools.islice(batches, size)):
+        yield window
+
+
+def _global_target_count(accelerator: Accelerator, micro_batches: list[dict[str, Any]]) -> torch.Tensor:
+    """The number of target tokens of one optimizer step, over its micro-batches on every process.
+
+    The loss is Σ token losses / this count (``num_items_in_batch``, as in transformers' Trainer), so a
+    step weights every target token alike however the global batch is split into micro-batches and
+    processes; a mean of per-micro-batch means would weight a sample by 1 / its micro-batch's count.
+    Counted as transformers' ``ForCausalLMLoss`` does: labels shifted by one, ``-100`` ignored.
+    """
+    count = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches if "labels" in b)
+    total = accelerator.reduce(torch.tensor(count, device=accelerator.device), reduction="sum")
+    return total.clamp(min=1)  # no target at all: the losses are 0, not 0 / 0
+
+
+@contextlib.contextmanager
+def _micro_batch(accelerator: Accelerator, model: torch.nn.Module, last: bool) -> Iterator[None]:
+    """``accelerator.accumulate`` with the window's end given rather than counted.
+
+    ``accumulate`` also ends a window at the loader's last batch, and with the window fetched ahead
+    the loader is at its end before the last window's first micro-batch runs. Here gradients are
+    reduced across processes, and the optimizer (or DeepSpeed's engine) steps, only on ``last``.
+    """
+    accelerator.gradient_state._set_sync_gradients(last)
+    with contextlib.nullcontext() if last else accelerator.no_sync(model):
+        yield
 
 
 def _checkpoints(output_dir: Path) -> list[Path]:
@@ -183,7 +225,7 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
         params = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items())
         console.print(f"stage {recipe.stage}: trainable {params}; {len(dataset)} samples, {total_steps} steps")
 
-    window = {"loss": 0.0, "micro": 0, "correct": 0, "total": 0, "tokens": 0, "samples": 0, "t0": time.perf_counter()}
+    window = {"loss": 0.0, "correct": 0, "total": 0, "tokens": 0, "samples": 0, "t0": time.perf_counter()}
     last_loss, last_acc = float("nan"), float("nan")
     model.train()
     progress = Progress(
@@ -200,35 +242,36 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
         while step < total_steps:
             # resuming mid-epoch: skip the samples of the batches every process already consumed
             sampler.start_epoch(epoch, skip=batches_done * recipe.optim.batch_size * accelerator.num_processes)
-            for batch in loader:
-                batches_done += 1
-                skipped += batch.pop("skipped", [])
-                with accelerator.accumulate(model):
-                    if "input_ids" in batch:
-                        outputs = model(**batch)
-                        loss = outputs.loss
-                        correct, total = _token_accuracy(outputs.logits.detach(), batch["labels"])
-                        window["tokens"] += int(batch["attention_mask"].sum())
-                        window["samples"] += batch["input_ids"].shape[0]
-                    else:  # every sample of the batch was bad: a zero step keeps processes in sync
-                        loss = sum(p.reshape(-1)[0] * 0.0 for p in model.parameters() if p.requires_grad)
-                        correct = total = 0
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and recipe.optim.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), recipe.optim.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad()
-                window["loss"] += float(loss.detach())
-                window["micro"] += 1
-                window["correct"] += correct
-                window["total"] += total
-                if not accelerator.sync_gradients:
-                    continue
+            for micro_batches in _windows(loader, recipe.optim.grad_accum):
+                batches_done += len(micro_batches)
+                for batch in micro_batches:
+                    skipped += batch.pop("skipped", [])
+                targets = _global_target_count(accelerator, micro_batches)
+                for i, batch in enumerate(micro_batches):
+                    with _micro_batch(accelerator, model, last=i == len(micro_batches) - 1):
+                        if "input_ids" in batch:
+                            outputs = model(**batch, num_items_in_batch=targets)  # Σ token losses / targets
+                            loss = outputs.loss
+                            correct, total = _token_accuracy(outputs.logits.detach(), batch["labels"])
+                            window["tokens"] += int(batch["attention_mask"].sum())
+                            window["samples"] += batch["input_ids"].shape[0]
+                        else:  # every sample of the batch was bad: a zero step keeps processes in sync
+                            loss = sum(p.reshape(-1)[0] * 0.0 for p in model.parameters() if p.requires_grad)
+                            correct = total = 0
+                        # accelerate divides by grad_accum and DDP averages over processes: undo both
+                        accelerator.backward(loss * accelerator.gradient_accumulation_steps * accelerator.num_processes)
+                        if accelerator.sync_gradients and recipe.optim.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(model.parameters(), recipe.optim.max_grad_norm)
+                        optimizer.step()
+                        optimizer.zero_grad()
+                    window["loss"] += float(loss.detach())  # this micro-batch's share of the global token mean
+                    window["correct"] += correct
+                    window["total"] += total
                 scheduler.step()
                 step += 1
                 stats = torch.tensor(
                     [
-                        window["loss"] / window["micro"],
+                        window["loss"],
                         window["correct"],
                         window["total"],
                         window["tokens"],
@@ -238,7 +281,7 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
                     dtype=torch.float64,
                 )
                 stats = accelerator.reduce(stats, reduction="sum")
-                last_loss = float(stats[0]) / accelerator.num_processes
+                last_loss = float(stats[0])  # the shares of every micro-batch of every process: the token mean
                 last_acc = float(stats[1] / stats[2]) if stats[2] > 0 else float("nan")
                 elapsed = max(time.perf_counter() - window["t0"], 1e-9)
                 record = {
