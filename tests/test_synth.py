@@ -1,58 +1,81 @@
-"""The synthetic task suite: answers readable from the pixels, determinism, disjoint splits."""
+"""The synthetic task suite: answers readable from the pixels, what each task loses, balance, splits."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
 
 from storm_vlm.eval import load_benchmark
-from storm_vlm.synth import COLORS, TASKS, _rng, make_suite
+from storm_vlm.repro import received_slots
+from storm_vlm.synth import COLORS, TASKS, _rng, answerable, make_sample, make_suite
 
 
 def present(frames: np.ndarray, color: str) -> list[bool]:
     target = np.array(COLORS[color])
-    return [(np.abs(f.astype(int) - target).sum(-1) < 40).sum() > 10 for f in frames]
+    return [bool((np.abs(f.astype(int) - target).sum(-1) < 40).sum() > 10) for f in frames]
 
 
-def runs(flags: list[bool]) -> int:
-    return sum(1 for k, f in enumerate(flags) if f and (k == 0 or not flags[k - 1]))
+def colored_frames(frames: np.ndarray) -> list[int]:
+    return [t for t, f in enumerate(frames) if any(present(f[None], c)[0] for c in COLORS)]
 
 
 @pytest.mark.parametrize("index", range(12))
-def test_answers_are_in_the_pixels(index):
-    rng = _rng("check", 0, index)
-    frames, question, answer, options = TASKS["count"](32, 32, rng)
-    color = question.split("the ")[1].split(" square")[0]
-    assert runs(present(frames, color)) == int(answer) and answer in options
-    frames, question, answer, _ = TASKS["order"](32, 32, _rng("check", 1, index))
-    seen = [c for f in frames for c in COLORS if present(f[None], c)[0]]
-    assert answer == (seen[0] if "first" in question else seen[-1])
-    frames, question, answer, _ = TASKS["duration"](32, 32, _rng("check", 2, index))
-    a, b = question.split("the ")[1].split(" one")[0], question.split("the ")[2].split(" one")[0]
-    longer = a if sum(present(frames, a)) > sum(present(frames, b)) else b
-    assert answer == longer
-    frames, question, answer, _ = TASKS["needle"](32, 32, _rng("check", 3, index))
-    assert sum(present(frames, answer)) == 1
-    frames, question, answer, _ = TASKS["direction"](16, 32, _rng("check", 4, index))
-    color = next(c for c in COLORS if all(present(frames, c)))
-    ys, xs = zip(*[np.argwhere(np.abs(f.astype(int) - np.array(COLORS[color])).sum(-1) < 40).mean(0) for f in frames])
-    moved = {"left": xs[0] - xs[-1], "right": xs[-1] - xs[0], "up": ys[0] - ys[-1], "down": ys[-1] - ys[0]}
-    assert max(moved, key=moved.get) == answer
+def test_answers_are_in_the_pixels_and_events_are_one_frame(index):
+    x = make_sample("needle", "check", 0, index, 16)
+    assert colored_frames(x.frames) == x.events and present(x.frames[x.events[0]][None], x.answer)[0]
+    x = make_sample("order", "check", 1, index, 16)
+    first, second = x.events
+    assert colored_frames(x.frames) == [first, second] and second == first + 1 and first // 4 == second // 4
+    assert present(x.frames[first][None], x.answer)[0] and not present(x.frames[second][None], x.answer)[0]
+    x = make_sample("count", "check", 2, index, 16)
+    flashes = colored_frames(x.frames)
+    assert flashes == x.events and len(flashes) == int(x.answer) and all(np.diff(flashes) >= 2)
+    x = make_sample("color", "check", 3, index, 16)
+    assert all(present(x.frames, x.answer))
+
+
+def test_what_each_task_loses():
+    """needle / count die with sampling, order with pooling; the share is computed from the events."""
+    needle = make_sample("needle", "check", 0, 0, 16)
+    needle.events = [5]
+    assert answerable(needle, received_slots(16, 16, 1, 1))
+    assert not answerable(needle, received_slots(16, 16, 1, 2))  # frame 5 dropped by s = 2
+    assert answerable(needle, received_slots(16, 16, 4, 1))  # inside a pooled window
+    order = make_sample("order", "check", 0, 0, 16)
+    order.events = [4, 5]
+    assert answerable(order, received_slots(16, 16, 1, 1))
+    assert not answerable(order, received_slots(16, 16, 4, 1))  # one window: its mean has no order
+    assert not answerable(order, received_slots(16, 8, 1, 1))  # 8 raw frames miss one of them
+    count = make_sample("count", "check", 0, 0, 16)
+    count.events = [1, 3, 9]
+    assert answerable(count, received_slots(16, 16, 4, 1))  # a mean keeps the count
+    assert not answerable(count, received_slots(16, 16, 1, 2))
+    assert received_slots(16, 8, 1, 1) == [[0], [2], [4], [6], [9], [11], [13], [15]]  # sample_frames' picks
+
+
+def test_test_answers_are_balanced_and_blind_guessing_is_chance():
+    for task in TASKS:
+        items = [make_sample(task, "test", 0, i, 16, balanced=True) for i in range(40)]
+        assert len({x.question for x in items}) == 1
+        assert set(Counter(x.answer for x in items).values()) == {10}  # exactly balanced
+        train = Counter(make_sample(task, "train", 0, i, 16).answer for i in range(400))
+        assert set(train) == set(items[0].options) and max(train.values()) < 0.32 * 400
 
 
 def test_deterministic_and_disjoint_splits(tmp_path):
-    a = make_suite(tmp_path / "a", split="test", num_samples=6, num_frames=8)
-    b = make_suite(tmp_path / "b", split="test", num_samples=6, num_frames=8)
+    a = make_suite(tmp_path / "a", split="test", num_samples=8, num_frames=8)
+    b = make_suite(tmp_path / "b", split="test", num_samples=8, num_frames=8)
     assert json.loads(a.read_text()) == json.loads(b.read_text())
     assert (tmp_path / "a/videos/test-00003.mp4").read_bytes() == (tmp_path / "b/videos/test-00003.mp4").read_bytes()
-    train = make_suite(tmp_path / "t", split="train", num_samples=6, num_frames=8)
+    train = make_suite(tmp_path / "t", split="train", num_samples=8, num_frames=8)
     assert all("<video>" in s["conversations"][0]["value"] for s in json.loads(train.read_text()))
-    first_train = TASKS["color"](8, 32, _rng("train", 0, 0))[0]
-    first_test = TASKS["color"](8, 32, _rng("test", 0, 0))[0]
+    first_train = TASKS["color"](8, 32, _rng("train", 0, 0), None).frames
+    first_test = TASKS["color"](8, 32, _rng("test", 0, 0), None).frames
     assert not np.array_equal(first_train, first_test)  # different seed spaces
     _, items, problems = load_benchmark("synthetic", tmp_path / "a")
-    assert len(items) == 6 and not problems and {it.task for it in items} == set(TASKS)
+    assert len(items) == 8 and not problems and {it.task for it in items} == set(TASKS)
     with pytest.raises(ValueError, match="unknown synth task"):
         make_suite(tmp_path / "x", tasks=("juggling",))

@@ -297,14 +297,21 @@ def bench(
 
 @app.command()
 def repro(
-    quick: Annotated[bool, typer.Option(help="One seed, smaller sets: a few minutes.")] = False,
-    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("docs/repro"),
-    work: Annotated[Path, typer.Option(help="Data, runs and evaluations (reused when rerun).")] = Path("runs/repro"),
+    quick: Annotated[bool, typer.Option(help="One seed, fewer steps and questions: a few minutes.")] = False,
+    out: Annotated[Path, typer.Option(help="Report folder (the committed report is docs/repro).")] = Path(
+        "outputs/repro"
+    ),
+    work: Annotated[Path, typer.Option(help="Trained models (a finished model is reused when rerun).")] = Path(
+        "runs/repro"
+    ),
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing REPORT.md in --out.")] = False,
 ) -> None:
     """Test the paper's ablation claims in miniature: train tiny models, evaluate, write a report."""
     from .repro import FULL, QUICK, run_repro
 
-    run_repro(QUICK if quick else FULL, out, work, console=console)
+    if (out / "REPORT.md").exists() and not overwrite:
+        raise UserError(f"{out / 'REPORT.md'} exists: pass --overwrite to replace it, or another --out")
+    run_repro(QUICK if quick else FULL, out, work, console=console, overwrite=overwrite)
 
 
 @app.command()
@@ -349,9 +356,7 @@ def synth(
     questions: Annotated[str, typer.Option(help="Motion set: comma-separated color, direction.")] = "color",
     suite: Annotated[bool, typer.Option(help="The task suite instead (train.json or MC eval.json).")] = False,
     split: Annotated[str, typer.Option(help="Suite split: train (free-form) or test (multiple choice).")] = "train",
-    tasks: Annotated[
-        str, typer.Option(help="Suite tasks, comma-separated.")
-    ] = "color,direction,order,count,needle,duration",
+    tasks: Annotated[str, typer.Option(help="Suite tasks, comma-separated.")] = "color,needle,order,count",
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Generate video QA whose answers need the video, as mp4 + JSON (see storm_vlm.synth)."""

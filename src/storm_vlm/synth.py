@@ -1,23 +1,26 @@
-"""Generated video QA whose answers need the video — and, for most tasks, the whole clip.
+"""Generated video QA whose answers are lost by dropping or averaging frames, unless a token carries them.
 
     from storm_vlm.synth import make_suite
     make_suite("data/synth-train", split="train", num_samples=512)   # LLaVA-style train.json
     make_suite("data/synth-test", split="test", num_samples=200)     # multiple-choice eval.json
 
-Coloured squares on a grey, slightly noisy background; every clip is written as a real mp4
-through PyAV, deterministically from (split, seed, index). Train and test draw from disjoint seed
-spaces, so no test clip is a training clip. Tasks:
+Coloured squares or whole-frame colour flashes on a grey, slightly noisy background; every clip is made deterministically from
+(split, seed, index), and train and test draw from disjoint seed spaces, so no test clip is a
+training clip. Every event lasts one frame, so each task tests one way of losing it:
 
-=============  ==========================================================  ===================
-task           what the clip shows                                          needs
-=============  ==========================================================  ===================
-color          one square crossing the frame                                any frame
-direction      one square moving left / right / up / down                   frame order
-order          three squares appearing one after another                    frame order
-count          a square flashing 1-4 times among distractors                the whole clip
-needle         one frame shows a square of a distinct colour                every frame
-duration       two squares, one visible for longer                          the whole clip
-=============  ==========================================================  ===================
+=========  ===========================================  ==========================================
+task       what the clip shows                           lost by
+=========  ===========================================  ==========================================
+color      one square crossing the frame (a control)     nothing: any frame answers it
+needle     one frame flashes a colour                     sampling frames (s, or fewer raw frames)
+order      two colours flash in consecutive frames,      averaging frames (k): both fall in one
+           inside one window of 4 frames                 pooling window, whose mean has no order
+count      a colour flashes 1-4 times, one frame each    sampling frames (a mean keeps the count)
+=========  ===========================================  ==========================================
+
+The question text of a task never varies and its answer is uniform over four options (exactly
+balanced in test splits), so a video-blind model scores 25%. Each sample records the frames of
+its events, so :func:`answerable` tells whether the frames a model receives still hold the answer.
 
 Training samples carry free-form answers ("red"); evaluation samples are multiple choice A-D in
 the MVBench style (``storm-vlm eval --benchmark synthetic --data-root DIR``).
@@ -27,18 +30,42 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .video import write_video
 
-__all__ = ["COLORS", "DIRECTIONS", "TASKS", "make_motion_qa", "make_suite", "motion_clip"]
+__all__ = [
+    "COLORS",
+    "DIRECTIONS",
+    "TASKS",
+    "SynthSample",
+    "answerable",
+    "conversation",
+    "make_motion_qa",
+    "make_sample",
+    "make_suite",
+    "motion_clip",
+]
 
 COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
 DIRECTIONS = ("left", "right", "up", "down")
-Sample = tuple[np.ndarray, str, str, list[str]]  # frames, question, answer, the four options
+WINDOW = 4  # the pooling window the order task's two events share (the paper's k)
+
+
+@dataclass
+class SynthSample:
+    """One clip and its question. ``events``: the frames that hold the answer (empty: any frame)."""
+
+    frames: np.ndarray  # (T, size, size, 3) uint8
+    question: str
+    answer: str
+    options: list[str]  # four, the answer among them
+    task: str
+    events: list[int] = field(default_factory=list)
 
 
 def _canvas(num_frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -47,14 +74,24 @@ def _canvas(num_frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return frames
 
 
+def _side(size: int) -> int:
+    return max(size // 4, 2)
+
+
 def _place(frame: np.ndarray, y: int, x: int, side: int, color: str) -> None:
     frame[y : y + side, x : x + side] = COLORS[color]
+
+
+def _flash(frame: np.ndarray, color: str, rng: np.random.Generator) -> None:
+    """The whole frame flashes ``color`` (with the canvas' noise): every token of it sees the event,
+    so the tasks test what happens to one frame's tokens over time, not spatial search."""
+    frame[:] = np.clip(frame.astype(np.int16) - 110 + np.array(COLORS[color]), 0, 255).astype(np.uint8)
 
 
 def motion_clip(color: str, direction: str, num_frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """``(T, size, size, 3)`` uint8: a square of ``color`` crossing the frame toward ``direction``."""
     frames = _canvas(num_frames, size, rng)
-    side = max(size // 4, 2)
+    side = _side(size)
     travel = size - side
     lane = int(rng.integers(0, travel + 1))
     for t in range(num_frames):
@@ -66,94 +103,99 @@ def motion_clip(color: str, direction: str, num_frames: int, size: int, rng: np.
     return frames
 
 
-def _spot(size: int, side: int, rng: np.random.Generator) -> tuple[int, int]:
-    return int(rng.integers(0, size - side + 1)), int(rng.integers(0, size - side + 1))
+def _pick(options: Sequence[str], rng: np.random.Generator, answer: int | None) -> str:
+    return options[answer % len(options)] if answer is not None else str(rng.choice(list(options)))
 
 
-def _task_color(t: int, size: int, rng: np.random.Generator) -> Sample:
-    color = str(rng.choice(list(COLORS)))
+def _task_color(t: int, size: int, rng: np.random.Generator, answer: int | None) -> SynthSample:
+    color = _pick(list(COLORS), rng, answer)
     frames = motion_clip(color, str(rng.choice(DIRECTIONS)), t, size, rng)
-    return frames, "What colour is the square?", color, list(COLORS)
+    return SynthSample(frames, "What colour is the square?", color, list(COLORS), "color")
 
 
-def _task_direction(t: int, size: int, rng: np.random.Generator) -> Sample:
-    direction = str(rng.choice(DIRECTIONS))
-    frames = motion_clip(str(rng.choice(list(COLORS))), direction, t, size, rng)
-    return frames, "Which way does the square move?", direction, list(DIRECTIONS)
-
-
-def _task_order(t: int, size: int, rng: np.random.Generator) -> Sample:
-    colors = [str(c) for c in rng.permutation(list(COLORS))[:3]]
+def _task_needle(t: int, size: int, rng: np.random.Generator, answer: int | None) -> SynthSample:
+    color = _pick(list(COLORS), rng, answer)
     frames = _canvas(t, size, rng)
-    side = max(size // 4, 2)
-    for i, color in enumerate(colors):  # thirds of the clip, one square each
-        y, x = _spot(size, side, rng)
-        for k in range(i * t // 3, (i + 1) * t // 3):
-            _place(frames[k], y, x, side, color)
-    which = str(rng.choice(["first", "last"]))
-    answer = colors[0] if which == "first" else colors[-1]
-    return frames, f"Which colour of square appeared {which}?", answer, list(COLORS)
-
-
-def _task_count(t: int, size: int, rng: np.random.Generator) -> Sample:
-    color, distractor = (str(c) for c in rng.permutation(list(COLORS))[:2])
-    count = int(rng.integers(1, 5))
-    frames = _canvas(t, size, rng)
-    side = max(size // 4, 2)
-    y, x = _spot(size, side, rng)
-    for k in range(1, t, 3):  # a distractor blinking throughout (drawn first: it never hides the target)
-        _place(frames[k], y, x, side, distractor)
-    slot = max(t // 4, 2)  # four slots; an appearance fills the first half of a chosen slot
-    for s in sorted(int(v) for v in rng.choice(4, size=count, replace=False)):
-        y, x = _spot(size, side, rng)
-        for k in range(s * slot, min(s * slot + slot // 2, t)):
-            _place(frames[k], y, x, side, color)
-    return frames, f"How many times did the {color} square appear?", str(count), ["1", "2", "3", "4"]
-
-
-def _task_needle(t: int, size: int, rng: np.random.Generator) -> Sample:
-    colors = [str(c) for c in rng.permutation(list(COLORS))]
-    background, needle = colors[0], colors[1]
-    frames = motion_clip(background, str(rng.choice(DIRECTIONS)), t, size, rng)
-    side = max(size // 4, 2)
     k = int(rng.integers(0, t))
-    y, x = _spot(size, side, rng)
-    _place(frames[k], y, x, side, needle)
-    return (
-        frames,
-        f"Besides the {background} square, one frame shows a square of another colour. Which?",
-        needle,
-        [c for c in COLORS if c != background] + [background],
-    )
+    _flash(frames[k], color, rng)
+    return SynthSample(frames, "One frame flashes a colour. Which colour?", color, list(COLORS),
+                       "needle", [k])  # fmt: skip
 
 
-def _task_duration(t: int, size: int, rng: np.random.Generator) -> Sample:
-    a, b = (str(c) for c in rng.permutation(list(COLORS))[:2])
-    long_, short = int(rng.integers(t // 2, t + 1)), int(rng.integers(1, max(t // 4, 2)))
+def _task_order(t: int, size: int, rng: np.random.Generator, answer: int | None) -> SynthSample:
+    if t < 2:
+        raise ValueError("the order task needs at least 2 frames")
+    first = _pick(list(COLORS), rng, answer)
+    second = str(rng.choice([c for c in COLORS if c != first]))
+    window = int(rng.integers(0, max(t // WINDOW, 1)))
+    span = min(WINDOW, t - window * WINDOW)  # frames of that window inside the clip
+    k = window * WINDOW + int(rng.integers(0, span - 1))  # k and k + 1 share the window
     frames = _canvas(t, size, rng)
-    side = max(size // 4, 2)
-    for color, length in ((a, long_), (b, short)):
-        y, x = _spot(size, side, rng)
-        start = int(rng.integers(0, t - length + 1))
-        for k in range(start, start + length):
-            _place(frames[k], y, x, side, color)
-    options = [a, b] + [c for c in COLORS if c not in (a, b)]
-    return frames, f"Which square stayed on screen longer, the {a} one or the {b} one?", a, options
+    _flash(frames[k], first, rng)
+    _flash(frames[k + 1], second, rng)
+    return SynthSample(frames, "Two colours flash one after the other. Which came first?", first,
+                       list(COLORS), "order", [k, k + 1])  # fmt: skip
 
 
-TASKS: dict[str, Callable[[int, int, np.random.Generator], Sample]] = {
+def _task_count(t: int, size: int, rng: np.random.Generator, answer: int | None) -> SynthSample:
+    counts = ["1", "2", "3", "4"]
+    count = int(_pick(counts, rng, answer))
+    if t < 2 * count - 1:
+        raise ValueError(f"the count task needs at least {2 * count - 1} frames for {count} flashes")
+    # `count` frames, no two adjacent: choose among t - count + 1 slots, then spread them apart
+    slots = np.sort(rng.choice(t - count + 1, size=count, replace=False)) + np.arange(count)
+    color = str(rng.choice(list(COLORS)))
+    frames = _canvas(t, size, rng)
+    for k in slots:
+        _flash(frames[k], color, rng)
+    return SynthSample(frames, "How many times does the screen flash?", str(count), counts, "count",
+                       [int(k) for k in slots])  # fmt: skip
+
+
+TASKS: dict[str, Callable[[int, int, np.random.Generator, int | None], SynthSample]] = {
     "color": _task_color,
-    "direction": _task_direction,
+    "needle": _task_needle,
     "order": _task_order,
     "count": _task_count,
-    "needle": _task_needle,
-    "duration": _task_duration,
 }
+
+
+def answerable(sample: SynthSample, slots: Sequence[Sequence[int]]) -> bool:
+    """Whether the answer is still in what a model receives, with no token carrying anything.
+
+    ``slots``: the frames behind each temporal slot the LLM gets (one frame for raw or sampled
+    frames, a window for temporal pooling). A needle must be in a slot; every flash to count
+    must be (a mean keeps the count: it is linear); the two order events must be in two
+    different slots (the mean of one window has no order).
+    """
+    where = {f: i for i, slot in enumerate(slots) for f in slot}
+    if not sample.events:
+        return bool(where)
+    if any(e not in where for e in sample.events):
+        return False
+    if sample.task == "order":
+        return where[sample.events[0]] != where[sample.events[1]]
+    return True
 
 
 def _rng(split: str, seed: int, index: int) -> np.random.Generator:
     """Disjoint seed spaces per split: the split name is part of the seed."""
     return np.random.default_rng([zlib.crc32(split.encode()), seed, index])
+
+
+def conversation(sample: SynthSample) -> list[dict[str, str]]:
+    """The LLaVA-style training conversation of a sample: the question, then the free-form answer."""
+    return [{"from": "human", "value": f"<video>\n{sample.question}"}, {"from": "gpt", "value": sample.answer}]
+
+
+def make_sample(
+    task: str, split: str, seed: int, index: int, num_frames: int = 16, size: int = 32, balanced: bool = False
+) -> SynthSample:
+    """Sample ``index`` of a split, deterministically. ``balanced``: answers cycle through the options."""
+    if task not in TASKS:
+        raise ValueError(f"unknown synth task {task!r}; choose from {', '.join(TASKS)}")
+    rng = _rng(split, seed, index)
+    return TASKS[task](num_frames, size, rng, index if balanced else None)
 
 
 def make_suite(
@@ -167,7 +209,8 @@ def make_suite(
 ) -> Path:
     """Write clips and ``train.json`` (split ``train``) or ``eval.json`` (any other split).
 
-    Samples cycle through ``tasks``. Returns the JSON path.
+    Samples cycle through ``tasks``; outside ``train`` each task's answers are exactly balanced.
+    Evaluation items record their event frames (``events``). Returns the JSON path.
     """
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
@@ -177,16 +220,14 @@ def make_suite(
     train, evaluation = [], []
     for i in range(num_samples):
         task = tasks[i % len(tasks)]
-        rng = _rng(split, seed, i)
-        frames, question, answer, options = TASKS[task](num_frames, size, rng)
+        sample = make_sample(task, split, seed, i, num_frames, size, balanced=split != "train")
         name = f"videos/{split}-{i:05d}.mp4"
-        write_video(out / name, frames, fps=8, pix_fmt="yuv444p")
-        order = [options[j] for j in rng.permutation(len(options))]
-        letter = "ABCD"[order.index(answer)]
-        evaluation.append({"id": f"{split}-{i:05d}", "task": task, "video": name, "question": question,
-                           "options": order, "answer": letter})  # fmt: skip
-        train.append({"id": f"{split}-{i:05d}", "video": name, "conversations": [
-            {"from": "human", "value": f"<video>\n{question}"}, {"from": "gpt", "value": answer}]})  # fmt: skip
+        write_video(out / name, sample.frames, fps=8, pix_fmt="yuv444p")
+        order = [sample.options[j] for j in _rng(split + "/options", seed, i).permutation(len(sample.options))]
+        letter = "ABCD"[order.index(sample.answer)]
+        evaluation.append({"id": f"{split}-{i:05d}", "task": task, "video": name, "question": sample.question,
+                           "options": order, "answer": letter, "events": sample.events})  # fmt: skip
+        train.append({"id": f"{split}-{i:05d}", "video": name, "conversations": conversation(sample)})
     path = out / ("train.json" if split == "train" else "eval.json")
     path.write_text(json.dumps(train if split == "train" else evaluation, indent=1))
     return path

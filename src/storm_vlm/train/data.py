@@ -33,6 +33,8 @@ __all__ = [
     "LlavaVideoDataset",
     "SeededSampler",
     "StormCollator",
+    "SynthVideoDataset",
+    "build_dataset",
     "encode_conversation",
     "read_samples",
 ]
@@ -184,6 +186,72 @@ class LlavaVideoDataset(Dataset):
             "pixel_values_videos": pixels if media == "video" else None,
             "pixel_values": pixels[0] if media == "image" else None,
         }
+
+
+class SynthVideoDataset(Dataset):
+    """Generated clips made on access (``storm_vlm.synth``): sample ``i`` comes from (seed, i).
+
+    With as many samples as the run consumes, every training step sees fresh clips, and a resumed
+    run sees exactly the clips it would have seen. Tasks alternate by index.
+    """
+
+    def __init__(
+        self,
+        tasks: list[str],
+        num_samples: int,
+        num_frames: int,
+        size: int,
+        seed: int,
+        processor: StormProcessor,
+        settings: ReductionSettings,
+    ) -> None:
+        from ..synth import TASKS
+
+        unknown = [t for t in tasks if t not in TASKS]
+        if not tasks or unknown:
+            raise DataError(f"data.synth.tasks: unknown or no task(s) {unknown}; choose from {', '.join(TASKS)}")
+        self.tasks, self.num_samples, self.num_frames, self.size, self.seed = tasks, num_samples, num_frames, size, seed
+        self.processor = processor
+        self.visual = processor.num_visual_tokens(num_frames, settings.for_training())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from ..synth import conversation, make_sample
+
+        sample = make_sample(self.tasks[index % len(self.tasks)], "train", self.seed, index, self.num_frames, self.size)
+        ids, labels = encode_conversation(self.processor, conversation(sample), "video", self.visual)
+        return {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "pixel_values_videos": self.processor.preprocess_frames(sample.frames),
+            "pixel_values": None,
+        }
+
+
+def build_dataset(data, processor: StormProcessor, settings: ReductionSettings, seed: int) -> Dataset:
+    """The dataset a recipe's ``data`` section names: a LLaVA-style JSON file, or generated clips."""
+    if data.synth is not None:
+        synth = data.synth
+        return SynthVideoDataset(
+            list(synth.tasks),
+            synth.samples,
+            data.num_frames,
+            synth.size,
+            synth.seed if synth.seed is not None else seed,
+            processor,
+            settings,
+        )
+    return LlavaVideoDataset(
+        read_samples(data.json),
+        processor,
+        data.media_root,
+        data.num_frames,
+        settings,
+        data.max_length,
+        data.strict,
+    )
 
 
 class StormCollator:

@@ -43,7 +43,7 @@ from ..model_dir import atomic_directory
 from ..modeling.modeling_storm import StormForConditionalGeneration
 from ..modeling.reduction import ReductionSettings
 from ..processing_storm import StormProcessor
-from .data import LlavaVideoDataset, SeededSampler, StormCollator, read_samples
+from .data import SeededSampler, StormCollator, build_dataset
 from .recipe import RecipeError, TrainRecipe
 from .stages import configure_stage, param_groups
 
@@ -180,17 +180,8 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
         model.activation_checkpointing_enable()
     model.config.use_cache = False
 
-    samples = read_samples(recipe.data.json)
     settings = ReductionSettings.resolve(model.config, training=True)
-    dataset = LlavaVideoDataset(
-        samples,
-        processor,
-        recipe.data.media_root,
-        recipe.data.num_frames,
-        settings,
-        recipe.data.max_length,
-        recipe.data.strict,
-    )
+    dataset = build_dataset(recipe.data, processor, settings, recipe.seed)
     sampler = SeededSampler(len(dataset), recipe.seed)
     loader = DataLoader(
         dataset,

@@ -15,7 +15,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-__all__ = ["DataConfig", "InitConfig", "OptimConfig", "RecipeError", "TrainRecipe", "load_recipe"]
+__all__ = ["DataConfig", "InitConfig", "OptimConfig", "RecipeError", "SynthDataConfig", "TrainRecipe", "load_recipe"]
 
 
 class RecipeError(ValueError):
@@ -35,8 +35,19 @@ class InitConfig:
 
 
 @dataclass
+class SynthDataConfig:
+    """Generated clips instead of a JSON file (``storm_vlm.synth``): fresh clips at every step."""
+
+    tasks: list[str] = field(default_factory=lambda: ["needle", "order", "count"])
+    samples: int = 10_000  # clips made for the run (steps x batch gives every step fresh ones)
+    size: int = 32  # frame side in pixels
+    seed: int | None = None  # None: the recipe's seed
+
+
+@dataclass
 class DataConfig:
     json: str = ""  # LLaVA-style list of samples
+    synth: SynthDataConfig | None = None  # or generated clips (then json is unused)
     media_root: str = "."  # "video"/"image" paths are relative to it
     num_frames: int = 32  # frames sampled uniformly per video
     max_length: int = 4096  # samples longer than this (visual tokens included) are skipped
@@ -86,8 +97,10 @@ class TrainRecipe:
             raise RecipeError("give exactly one of `model` (a model directory) or `init` (a new model)")
         if self.init is not None and (self.init.preset is None) == (self.init.vision is None or self.init.llm is None):
             raise RecipeError("init needs either `preset` or both `vision` and `llm`")
-        if not self.data.json:
-            raise RecipeError("data.json is required (a LLaVA-style JSON file)")
+        if bool(self.data.json) == (self.data.synth is not None):
+            raise RecipeError("give exactly one of data.json (a LLaVA-style JSON file) or data.synth (generated clips)")
+        if self.data.synth is not None and self.data.synth.samples < 1:
+            raise RecipeError("data.synth.samples must be >= 1")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise RecipeError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         for name in ("batch_size", "grad_accum"):
