@@ -4,9 +4,9 @@
     make_suite("data/synth-train", split="train", num_samples=512)   # LLaVA-style train.json
     make_suite("data/synth-test", split="test", num_samples=200)     # multiple-choice eval.json
 
-Coloured squares or whole-frame colour flashes on a grey, slightly noisy background; every clip is made deterministically from
-(split, seed, index), and train and test draw from disjoint seed spaces, so no test clip is a
-training clip. Every event lasts one frame, so each task tests one way of losing it:
+Coloured squares or whole-frame colour flashes on a grey, slightly noisy background; every clip
+is made deterministically from (split, seed, index), and train and test draw from disjoint seed
+spaces, so no test clip is a training clip. Every event lasts one frame, so each task tests one way of losing it:
 
 =========  ===========================================  ==========================================
 task       what the clip shows                           lost by
