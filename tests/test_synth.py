@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from storm_vlm.eval import load_benchmark
-from storm_vlm.repro import received_slots
+from storm_vlm.repro import received_slots, sampled_indices
 from storm_vlm.synth import COLORS, TASKS, _rng, answerable, make_sample, make_suite
 
 
@@ -41,19 +41,28 @@ def test_what_each_task_loses():
     """needle / count die with sampling, order with pooling; the share is computed from the events."""
     needle = make_sample("needle", "check", 0, 0, 16)
     needle.events = [5]
-    assert answerable(needle, received_slots(16, 16, 1, 1))
-    assert not answerable(needle, received_slots(16, 16, 1, 2))  # frame 5 dropped by s = 2
-    assert answerable(needle, received_slots(16, 16, 4, 1))  # inside a pooled window
+    assert answerable(needle, received_slots(range(16), 1, 1))
+    assert not answerable(needle, received_slots(range(16), 1, 2))  # frame 5 dropped by s = 2
+    assert answerable(needle, received_slots(range(16), 4, 1))  # inside a pooled window
     order = make_sample("order", "check", 0, 0, 16)
     order.events = [4, 5]
-    assert answerable(order, received_slots(16, 16, 1, 1))
-    assert not answerable(order, received_slots(16, 16, 4, 1))  # one window: its mean has no order
-    assert not answerable(order, received_slots(16, 8, 1, 1))  # 8 raw frames miss one of them
+    assert answerable(order, received_slots(range(16), 1, 1))
+    assert not answerable(order, received_slots(range(16), 4, 1))  # one window: its mean has no order
+    assert not answerable(order, received_slots(sampled_indices(16, 8), 1, 1))  # 8 raw frames miss one of them
     count = make_sample("count", "check", 0, 0, 16)
     count.events = [1, 3, 9]
-    assert answerable(count, received_slots(16, 16, 4, 1))  # a mean keeps the count
-    assert not answerable(count, received_slots(16, 16, 1, 2))
-    assert received_slots(16, 8, 1, 1) == [[0], [2], [4], [6], [9], [11], [13], [15]]  # sample_frames' picks
+    assert answerable(count, received_slots(range(16), 4, 1))  # a mean keeps the count
+    assert not answerable(count, received_slots(range(16), 1, 2))
+    assert received_slots(sampled_indices(16, 8), 1, 1) == [
+        [0],
+        [2],
+        [4],
+        [6],
+        [9],
+        [11],
+        [13],
+        [15],
+    ]  # sample_frames' picks
 
 
 def test_test_answers_are_balanced_and_blind_guessing_is_chance():

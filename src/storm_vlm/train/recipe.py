@@ -38,7 +38,7 @@ class InitConfig:
 class SynthDataConfig:
     """Generated clips instead of a JSON file (``storm_vlm.synth``): fresh clips at every step."""
 
-    tasks: list[str] = field(default_factory=lambda: ["needle", "order", "count"])
+    tasks: list[str] = field(default_factory=lambda: ["needle", "order"])
     samples: int = 10_000  # clips made for the run (steps x batch gives every step fresh ones)
     size: int = 32  # frame side in pixels
     seed: int | None = None  # None: the recipe's seed
