@@ -74,6 +74,14 @@ def test_test_answers_are_balanced_and_blind_guessing_is_chance():
         assert set(train) == set(items[0].options) and max(train.values()) < 0.32 * 400
 
 
+def test_suite_answers_are_balanced_per_task(tmp_path):
+    items = json.loads(make_suite(tmp_path / "s", split="test", num_samples=32, num_frames=8).read_text())
+    for task in TASKS:
+        mine = [it for it in items if it["task"] == task]
+        answers = Counter(it["options"]["ABCD".index(it["answer"])] for it in mine)
+        assert len(answers) == 4 and set(answers.values()) == {2}, (task, answers)
+
+
 def test_deterministic_and_disjoint_splits(tmp_path):
     a = make_suite(tmp_path / "a", split="test", num_samples=8, num_frames=8)
     b = make_suite(tmp_path / "b", split="test", num_samples=8, num_frames=8)

@@ -189,13 +189,24 @@ def conversation(sample: SynthSample) -> list[dict[str, str]]:
 
 
 def make_sample(
-    task: str, split: str, seed: int, index: int, num_frames: int = 16, size: int = 32, balanced: bool = False
+    task: str,
+    split: str,
+    seed: int,
+    index: int,
+    num_frames: int = 16,
+    size: int = 32,
+    balanced: bool = False,
+    answer: int | None = None,
 ) -> SynthSample:
-    """Sample ``index`` of a split, deterministically. ``balanced``: answers cycle through the options."""
+    """Sample ``index`` of a split, deterministically.
+
+    ``answer``: force the answer to that option (index modulo the options); ``balanced`` forces
+    option ``index``, so consecutive indices of one task cycle through the options.
+    """
     if task not in TASKS:
         raise ValueError(f"unknown synth task {task!r}; choose from {', '.join(TASKS)}")
     rng = _rng(split, seed, index)
-    return TASKS[task](num_frames, size, rng, index if balanced else None)
+    return TASKS[task](num_frames, size, rng, index if balanced and answer is None else answer)
 
 
 def make_suite(
@@ -220,7 +231,8 @@ def make_suite(
     train, evaluation = [], []
     for i in range(num_samples):
         task = tasks[i % len(tasks)]
-        sample = make_sample(task, split, seed, i, num_frames, size, balanced=split != "train")
+        forced = i // len(tasks) if split != "train" else None  # each task's answers cycle through its options
+        sample = make_sample(task, split, seed, i, num_frames, size, answer=forced)
         name = f"videos/{split}-{i:05d}.mp4"
         write_video(out / name, sample.frames, fps=8, pix_fmt="yuv444p")
         order = [sample.options[j] for j in _rng(split + "/options", seed, i).permutation(len(sample.options))]
