@@ -92,5 +92,10 @@ def test_repro_smoke_and_never_overwrites(tmp_path):
     assert set(saved["mamba_usage"]) == {"storm/short@16", "storm-k4/short@16-k4", "storm-k4-long/long@64-k4"}
     assert saved["blind_baseline"] == {"needle": 0.25, "order": 0.25}
     assert result["claims"] and all(isinstance(c["established"], bool) for c in result["claims"])
+    assert saved["reach"]["storm (untrained, as built)"]["0"] > 1e-6 and "mlp" not in saved["reach"]
+    assert set(saved["reach"]) >= {"storm", "storm-k4", "storm-k4-long"} and not saved["reused_models"]
     with pytest.raises(FileExistsError):
         run_repro(plan, tmp_path / "report", tmp_path / "work", console=Console(quiet=True))
+    again = run_repro(plan, tmp_path / "again", tmp_path / "work", console=Console(quiet=True))  # models reused
+    assert len(again["reused_models"]) == 6 and again["train_seconds"] == result["train_seconds"]
+    assert again["correct"] == result["correct"]

@@ -257,7 +257,7 @@ def bench(
     model: Annotated[Path | None, typer.Option(help="Measure this model directory instead of a preset.")] = None,
     token_budget: Annotated[int | None, typer.Option(min=1, help="Fit every cell into N visual tokens.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for bench.md, bench.json and plots.")] = Path("outputs/bench"),
-    new_tokens: Annotated[int, typer.Option(min=2, help="Tokens decoded per cell (PAPER.md §8 uses 32).")] = 16,
+    new_tokens: Annotated[int, typer.Option(min=2, help="Tokens decoded per cell.")] = 16,
     device: Device = None,
     fast: Fast = None,
 ) -> None:

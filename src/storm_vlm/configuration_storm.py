@@ -1,6 +1,6 @@
 """`StormConfig`: one composite config for vision tower, projector, temporal module, reduction and LLM.
 
-Every knob of the paper lives here once (DESIGN.md §1). Paper symbols:
+Every knob of the paper lives here once (docs/design.md). Paper symbols:
 
 =====================  ======  ==========================================================
 field                  symbol  meaning

@@ -35,7 +35,7 @@ CONFIGS: dict[str, tuple[str, ReductionSettings]] = {
     "mlp": ("mlp", ReductionSettings(1, 1, 1)),
 }
 STAGES = ("decode", "vision", "temporal", "prefill", "decoding")
-NEW_TOKENS = 16  # decoded tokens per cell (--new-tokens; PAPER.md §8 uses 32)
+NEW_TOKENS = 16  # decoded tokens per cell (--new-tokens)
 
 
 @dataclass

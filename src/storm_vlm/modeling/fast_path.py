@@ -1,7 +1,7 @@
 """Fast inference on a GPU: static KV cache and CUDA-graph decoding, bf16 vision stopping early.
 
 Once STORM has cut the visual tokens, the LLM prefill stops dominating: re-measured at the
-paper's shapes on an H200 (PAPER.md §8), 128 frames with k=4, s=2 take 1.11 s end to end, of
+paper's shapes on an H200, 128 frames with k=4, s=2 take 1.11 s end to end, of
 which the prefill is 0.11 s, the vision tower 0.36 s and eager token-by-token decoding ~18 ms
 per token (each step re-launches every kernel of every layer from Python). The fast path:
 

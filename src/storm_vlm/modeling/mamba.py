@@ -373,7 +373,7 @@ class SSMBranch(nn.Module):
 class MambaMixer(nn.Module):
     """Mamba-1 mixer; with ``bidirectional=True`` the Vision-Mamba "v2" bidirectional variant.
 
-    The paper states only "a bidirectional scanning module" (§3.2). Our choice (DESIGN.md §1):
+    The paper states only "a bidirectional scanning module" (§3.2). Our choice (docs/design.md):
     in_proj and out_proj are shared; each direction has its own conv1d, x_proj, dt_proj, A_log
     and D; the backward branch scans the flipped sequence; the two gated outputs are averaged
     before out_proj. Averaging after the SiLU(z) gate equals gating the average, since z is

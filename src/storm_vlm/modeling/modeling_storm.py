@@ -1,6 +1,6 @@
 """STORM: vision tower → projector → temporal Mamba module → token reduction → LLM.
 
-Data flow for a batch of B clips of T frames (paper Fig. 2; DESIGN.md §1)::
+Data flow for a batch of B clips of T frames (paper Fig. 2; docs/design.md)::
 
     pixel_values_videos (B, T, 3, H, W)
       → vision tower, per frame, in chunks        (B·T, h·w, C)      h = w = H / patch

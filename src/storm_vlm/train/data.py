@@ -1,6 +1,6 @@
 """LLaVA-style training data: JSON samples → token ids, labels on assistant turns only, pixels.
 
-Format (DESIGN.md §3), paths relative to a media root::
+Format (LLaVA style), paths relative to a media root::
 
     [{"id": "v1", "video": "clips/abc.mp4",
       "conversations": [{"from": "human", "value": "<video>\\nWhat happens after the door opens?"},
