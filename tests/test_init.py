@@ -15,6 +15,7 @@ from storm_vlm.cli import app
 from storm_vlm.presets import tiny_image_processor, tiny_text_config, tiny_tokenizer, tiny_vision_config
 
 from .conftest import random_frames
+from .test_temporal_init import _first_frame_shift
 
 runner = CliRunner()
 
@@ -60,6 +61,10 @@ def test_init_from_parts_keeps_pretrained_weights_and_runs(parts, tmp_path):
         model.language_model.model.layers[0].mlp.up_proj.weight, llm_state["model.layers.0.mlp.up_proj.weight"]
     )
     assert model.config.video_token_id == processor.video_token_id < embeddings.shape[0]
+
+    # the temporal module starts as mamba_ssm's Mamba here too: the last frame reaches the first
+    assert _first_frame_shift(model) >= 1e-6
+    model.eval()
 
     inputs = processor(processor.build_prompt("What happens?"), videos=[random_frames(4)])
     with torch.no_grad():

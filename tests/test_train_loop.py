@@ -139,7 +139,7 @@ def test_overfit_then_ask_gives_the_trained_answers(tmp_path):
     """A tiny run memorises a small video QA set whose answers need the video; `ask` repeats them."""
     data = tmp_path / "colors"
     make_motion_qa(data, num_samples=8, num_frames=8, size=32, questions=("color",), seed=1)
-    result = train(recipe(data, tmp_path / "fit", "optim.max_steps=60", "optim.batch_size=4", "optim.lr=5e-3"))
+    result = train(recipe(data, tmp_path / "fit", "optim.max_steps=120", "optim.batch_size=4", "optim.lr=5e-3"))
     assert result.last_accuracy >= 0.95
     from typer.testing import CliRunner
 

@@ -305,10 +305,17 @@ def repro(
         "runs/repro"
     ),
     overwrite: Annotated[bool, typer.Option(help="Replace an existing REPORT.md in --out.")] = False,
+    report_only: Annotated[
+        bool, typer.Option(help="Only rewrite REPORT.md and the plots from --out's results.json.")
+    ] = False,
 ) -> None:
     """Test the paper's ablation claims in miniature: train tiny models, evaluate, write a report."""
-    from .repro import FULL, QUICK, run_repro
+    from .repro import FULL, QUICK, rewrite_report, run_repro
 
+    if report_only:
+        rewrite_report(out)
+        console.print(f"rewrote {out / 'REPORT.md'} and its plots from {out / 'results.json'}")
+        return
     if (out / "REPORT.md").exists() and not overwrite:
         raise UserError(f"{out / 'REPORT.md'} exists: pass --overwrite to replace it, or another --out")
     run_repro(QUICK if quick else FULL, out, work, console=console, overwrite=overwrite)

@@ -50,6 +50,7 @@ __all__ = [
     "evaluate_samples",
     "option_scores",
     "received_slots",
+    "rewrite_report",
     "run_repro",
 ]
 
@@ -354,9 +355,10 @@ def _claims(plan: ReproPlan, correct: dict[str, dict[int, list[int]]]) -> list[d
     def c(key: str) -> dict[int, np.ndarray]:
         return {s: np.asarray(v, dtype=float) for s, v in correct[key].items()}
 
-    def combine(fn: Callable[..., np.ndarray], *keys: str) -> dict[int, list[float]]:
+    def combine(fn: Callable[..., np.ndarray], *keys: str) -> tuple[dict[int, list[float]], dict[str, float]]:
         arrays = [c(k) for k in keys]
-        return {s: fn(*(a[s] for a in arrays)).tolist() for s in plan.seeds}
+        accuracy = {k: float(np.mean([a[s].mean() for s in plan.seeds])) for k, a in zip(keys, arrays)}
+        return {s: fn(*(a[s] for a in arrays)).tolist() for s in plan.seeds}, accuracy
 
     specs = [
         ("(a) STORM beats the no-Mamba baseline at equal tokens (no compression)",
@@ -377,12 +379,12 @@ def _claims(plan: ReproPlan, correct: dict[str, dict[int, list[int]]]) -> list[d
                  f"mlp-k4-long/long@{L}-k4", f"mlp-k4/long@{T}-k4")),
     ]  # fmt: skip
     claims = []
-    for claim, what, diffs in specs:
+    for claim, what, (diffs, accuracy) in specs:
         stats = _paired(diffs)
         direction = stats["mean"] > 0
         every_seed = all(v > 0 for v in stats["per_seed"].values())
         excludes_zero = stats["low"] > 0
-        claims.append({"claim": claim, "difference": what, **stats, "direction": direction,
+        claims.append({"claim": claim, "difference": what, "accuracy": accuracy, **stats, "direction": direction,
                        "every_seed": every_seed, "established": excludes_zero and every_seed})  # fmt: skip
     return claims
 
@@ -459,10 +461,29 @@ def run_repro(
                "reach": reaches, "blind_baseline": blind,
                "per_task": per_task, "answerable_share": share, "mamba_usage": usage, "claims": claims,
                "correct": correct}  # fmt: skip
+    _write(plan, results, out)
+    console.print(f"report: {out / 'REPORT.md'} ({seconds / 60:.1f} min)")
+    return results
+
+
+def _write(plan: ReproPlan, results: dict[str, Any], out: Path) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "REPORT.md").write_text(_report(plan, results, quick=len(plan.seeds) == 1))
     _plots(plan, results, out)
-    console.print(f"report: {out / 'REPORT.md'} ({seconds / 60:.1f} min)")
+
+
+def rewrite_report(out: str | Path) -> dict[str, Any]:
+    """Recompute the claims from ``out/results.json`` (every per-question result is in it) and
+    rewrite ``results.json``, ``REPORT.md`` and the plots: no training, no evaluation."""
+    out = Path(out)
+    path = out / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no results to rewrite the report from (run `storm-vlm repro` first)")
+    results = json.loads(path.read_text())
+    plan = ReproPlan(**results["plan"])
+    results["correct"] = {key: {int(s): v for s, v in per_seed.items()} for key, per_seed in results["correct"].items()}
+    results["claims"] = _claims(plan, results["correct"])
+    _write(plan, results, out)
     return results
 
 
@@ -536,7 +557,12 @@ def _report(plan: ReproPlan, r: dict[str, Any], quick: bool) -> str:
                      f"[{100 * c['low']:+.1f}, {100 * c['high']:+.1f}] | {seeds} | "
                      f"{'**yes**' if c['established'] else 'no'} |")  # fmt: skip
     established = [c["claim"].split(")")[0] + ")" for c in r["claims"] if c["established"]]
-    lines += ["", f"Established: {', '.join(established) or 'none'}.", "", "![claims](claims.png)", ""]
+    lines += ["", f"Established: {', '.join(established) or 'none'}.", "",
+              "The accuracies behind each claim (%, mean over seeds):", ""]  # fmt: skip
+    for c in r["claims"]:
+        behind = ", ".join(f"`{k}` {pct(v)}" for k, v in c["accuracy"].items())
+        lines.append(f"- {c['claim'].split(')')[0]}): {behind}")
+    lines += ["", "![claims](claims.png)", ""]
     lines += ["## Accuracy per task (mean over seeds, %) and the share answerable from what the LLM receives", "",
               "| condition | " + " | ".join(f"{t} acc / answerable" for t in plan.tasks) + " |",
               "|---|" + "---|" * len(plan.tasks)]  # fmt: skip
