@@ -73,7 +73,7 @@ class ReproPlan:
     workers: int = 2  # models trained at once, one thread each
 
 
-QUICK = ReproPlan(steps=120, long_steps=30, test_per_task=100, seeds=[0])
+QUICK = ReproPlan(steps=200, long_steps=40, test_per_task=100, seeds=[0])
 FULL = ReproPlan(steps=600, long_steps=200, test_per_task=500, seeds=[0, 1, 2])
 
 MODELS = (  # name, projector, k, fine-tuned from (None: from scratch)
