@@ -101,7 +101,8 @@ def run_demo(
     console.print(paper_token_table())
     if trained:
         console.print("[dim]The demo model was trained at 16 frames without pooling; pooled settings change what it"
-                      " sees. Its accuracy on 200 fresh questions is in README.md.[/dim]")  # fmt: skip
+                      " sees. Its accuracy on 800 fresh questions, with and without the scan cut, is in"
+                      " README.md.[/dim]")  # fmt: skip
     return rows
 
 
