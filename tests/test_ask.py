@@ -87,6 +87,7 @@ def test_bad_inputs_exit_2_with_one_line(model_dir, clips, tmp_path):
         (["ask", str(model_dir), str(empty), "Q"], "empty"),
         (["ask", str(tmp_path), str(clips["qcif"]), "Q"], "no config.json"),
         (["ask", str(model_dir), str(clips["qcif"]), "Q", "--frames", "4", "--fps", "2"], "not both"),
+        (["ask", str(model_dir), str(tmp_path / "[/b]clip[x].mp4"), "Q"], "[/b]clip[x].mp4: no such file"),
     ]
     for args, message in cases:
         proc = _run(*args)

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from storm_vlm.synth import make_motion_qa
 from storm_vlm.train import load_recipe, train
+from storm_vlm.train.recipe import RecipeError
 from storm_vlm.train.stages import module_of
 
 
@@ -177,3 +178,25 @@ def test_images_and_videos_with_workers_checkpointing_and_bf16(data, tmp_path):
         )
     )
     assert result.final_dir.is_dir() and len(result.skipped) >= 1 and "missing.mp4" in result.skipped[0]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lr=.nan", "optim.lr must be a finite number"),
+        ("optim.lr=.inf", "optim.lr must be a finite number"),
+        ("optim.llm_lr=-1", "optim.llm_lr must be a finite number"),
+        ("optim.max_steps=-5", "optim.max_steps must be >= 1"),
+        ("optim.epochs=.inf", "optim.epochs must be a finite number"),
+        ("log_every=0", "log_every must be >= 1"),
+    ],
+)
+def test_recipes_that_cannot_train_are_refused(data, tmp_path, override, message):
+    with pytest.raises(RecipeError, match=message):
+        recipe(data, tmp_path / "r", override)
+
+
+def test_a_diverging_run_stops_without_a_final_model(data, tmp_path):
+    with pytest.raises(RecipeError, match="training diverged"):
+        train(recipe(data, tmp_path / "nan", "optim.lr=1e30", "optim.max_grad_norm=0", "optim.warmup_ratio=0"))
+    assert not (tmp_path / "nan" / "final").exists()

@@ -194,3 +194,19 @@ def test_write_video_is_atomic(tmp_path):
         write_video(target, pattern(3, 32, 32), codec="no-such-codec")
     assert not target.exists() and list(tmp_path.iterdir()) == []
     shutil.rmtree(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("one.mp4", {}),
+        ("one.webm", dict(codec="libvpx-vp9")),
+        ("one.gif", dict(codec="gif", pix_fmt="rgb8", fps=10)),
+    ],
+)
+def test_a_one_frame_video_is_a_one_frame_clip(tmp_path, name, kwargs):
+    """A single frame spans one frame's duration (it used to give an empty window and be refused)."""
+    path = make(tmp_path / name, num_frames=1, **kwargs)
+    for clip in (sample_frames(path, num_frames=8), sample_frames(path, fps=2.0), sample_frames(path)):
+        assert len(clip) == 1 and clip.duration > 0
+    assert sample_frames(path, num_frames=4, on_short="repeat").frames.shape[0] == 4

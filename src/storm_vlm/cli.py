@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     name="storm-vlm",
@@ -451,7 +452,8 @@ def main() -> None:
     try:
         app()
     except (UserError, VideoError, ModelLoadError, ValueError, OSError) as err:
-        err_console.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
+        # the message is text, not markup: a path or question may hold square brackets
+        err_console.print(f"[red]error:[/red] {escape(str(err))}", markup=True, highlight=False)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/red]")

@@ -353,6 +353,15 @@ def load_image(path: str | Path) -> VideoClip:
     return VideoClip(rgb[None], np.zeros(1), np.zeros(1, np.int64), 0.0, 0.0, (h, w), 1, str(path), 1, is_image=True)
 
 
+def _frame_step(times: np.ndarray, stream) -> float:
+    """How long one frame lasts: the median gap between frames, or for a one-frame video the stream's
+    nominal rate (a still GIF has none: 1/25 s), so that a single frame still spans a window."""
+    if len(times) > 1:
+        return float(np.median(np.diff(times)))
+    rate = float(stream.average_rate or 0) or float(stream.guessed_rate or 0)
+    return 1.0 / rate if rate > 0 else 0.04
+
+
 def sample_frames(
     path: str | Path,
     num_frames: int | None = None,
@@ -396,7 +405,7 @@ def sample_frames(
     try:
         index = _build_index(container, stream, path)
         times = index.seconds()
-        duration = float(times[-1] + (np.median(np.diff(times)) if len(times) > 1 else 0.0))
+        duration = float(times[-1] + _frame_step(times, stream))
         t0 = 0.0 if start is None else float(start)
         t1 = duration if end is None else float(end)
         if t0 < 0 or t1 <= t0 or t0 >= duration:

@@ -274,6 +274,11 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
                 stats = accelerator.reduce(stats, reduction="sum")
                 last_loss = float(stats[0])  # the shares of every micro-batch of every process: the token mean
                 last_acc = float(stats[1] / stats[2]) if stats[2] > 0 else float("nan")
+                if not math.isfinite(last_loss):  # every rank sees the same reduced loss: all stop together
+                    raise RecipeError(
+                        f"the loss is {last_loss} at step {step}: training diverged (optim.lr too high, or bad data); "
+                        "no final model was saved"
+                    )
                 elapsed = max(time.perf_counter() - window["t0"], 1e-9)
                 record = {
                     "step": step,

@@ -9,6 +9,7 @@ tiny (CPU) and 7B (multi-GPU) scale.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -106,8 +107,16 @@ class TrainRecipe:
         for name in ("batch_size", "grad_accum"):
             if getattr(self.optim, name) < 1:
                 raise RecipeError(f"optim.{name} must be >= 1")
-        if self.optim.lr <= 0:
-            raise RecipeError("optim.lr must be > 0")
+        for name in ("lr", "vision_lr", "projector_lr", "llm_lr"):
+            value = getattr(self.optim, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise RecipeError(f"optim.{name} must be a finite number > 0, got {value!r}")
+        if not (math.isfinite(self.optim.epochs) and self.optim.epochs > 0):
+            raise RecipeError(f"optim.epochs must be a finite number > 0, got {self.optim.epochs!r}")
+        if self.optim.max_steps is not None and self.optim.max_steps < 1:
+            raise RecipeError(f"optim.max_steps must be >= 1, got {self.optim.max_steps!r}")
+        if self.log_every < 1:
+            raise RecipeError(f"log_every must be >= 1, got {self.log_every!r}")
         if self.data.num_frames < 1:
             raise RecipeError("data.num_frames must be >= 1")
         for name in ("temporal_pool", "spatial_pool"):
