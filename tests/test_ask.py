@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from storm_vlm.cli import app
@@ -81,6 +83,10 @@ def test_bad_inputs_exit_2_with_one_line(model_dir, clips, tmp_path):
     text.write_text("not a video")
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
+    truncated = tmp_path / "truncated-model"
+    shutil.copytree(model_dir, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
     cases = [
         (["ask", str(model_dir), str(tmp_path / "nope.mp4"), "Q"], "no such file"),
         (["ask", str(model_dir), str(text), "Q"], "not a video"),
@@ -88,7 +94,13 @@ def test_bad_inputs_exit_2_with_one_line(model_dir, clips, tmp_path):
         (["ask", str(tmp_path), str(clips["qcif"]), "Q"], "no config.json"),
         (["ask", str(model_dir), str(clips["qcif"]), "Q", "--frames", "4", "--fps", "2"], "not both"),
         (["ask", str(model_dir), str(tmp_path / "[/b]clip[x].mp4"), "Q"], "[/b]clip[x].mp4: no such file"),
+        (["ask", str(model_dir), str(clips["qcif"]), "Q", "--device", "bogus"], "is not a device"),
+        (["ask", str(truncated), str(clips["qcif"]), "Q"], "model.safetensors: not a readable weight file"),
+        (["synth", "--suite", "--tasks", ",", "--out", str(tmp_path / "s")], "no synth task"),
+        (["train", "configs/tiny-stage2.yaml", "optim.lr=[1"], "is not a YAML value"),
     ]
+    if not torch.cuda.is_available():
+        cases.append((["ask", str(model_dir), str(clips["qcif"]), "Q", "--device", "cuda"], "CUDA is not available"))
     for args, message in cases:
         proc = _run(*args)
         assert proc.returncode == 2, (args, proc.stderr)

@@ -152,3 +152,10 @@ def test_recipes_load_override_and_reject_mistakes(tmp_path):
     bad.write_text("stage: [")
     with pytest.raises(RecipeError, match="not valid YAML"):
         load_recipe(bad)
+
+
+@pytest.mark.parametrize("turn", [{"from": ["human"], "value": "hi"}, {"from": {"a": 1}, "value": "hi"}, ["human"]])
+def test_malformed_turns_are_a_data_error(tiny, turn):
+    _, processor = tiny
+    with pytest.raises(DataError, match="malformed turn"):
+        encode_conversation(processor, [turn, {"from": "gpt", "value": "ok"}], None, 0)

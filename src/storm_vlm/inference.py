@@ -98,17 +98,37 @@ def load_model(
     CPU too.
     """
     path = check_model_dir(model_dir)
-    on_cuda = device is not None and torch.device(device).type == "cuda"
+    device = resolve_device(device)
+    on_cuda = device is not None and device.type == "cuda"
     if dtype is None and on_cuda:
         dtype = torch.bfloat16
     try:
         model = StormForConditionalGeneration.from_pretrained(path, dtype=dtype)
         processor = StormProcessor.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"{path}: cannot load the model ({str(err).splitlines()[0]})") from None
+    except (OSError, ValueError, RuntimeError) as err:  # missing / truncated / mismatched weights, bad files
+        raise ModelLoadError(f"{path}: cannot load the model ({str(err).strip().splitlines()[0]})") from None
+    except Exception as err:  # safetensors' own error type for a corrupt weight file
+        if type(err).__name__ != "SafetensorError":
+            raise
+        raise ModelLoadError(f"{path / 'model.safetensors'}: not a readable weight file ({err})") from None
     if device is not None:
         model.to(device)
     return ready_for_inference(model, fast), processor
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device | None:
+    """``device`` as a torch device, checked: one line naming it when it is not one or not here."""
+    if device is None:
+        return None
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device!r} is not a device (cpu, cuda, cuda:1, mps)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available on this machine")
+    return resolved
 
 
 def ready_for_inference(

@@ -224,8 +224,8 @@ def make_suite(
     Evaluation items record their event frames (``events``). Returns the JSON path.
     """
     unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise ValueError(f"unknown synth task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+    if unknown or not tasks:
+        raise ValueError(f"unknown or no synth task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     train, evaluation = [], []

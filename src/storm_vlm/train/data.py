@@ -85,7 +85,8 @@ def encode_conversation(
         raise DataError("`conversations` must be a non-empty list")
     messages = []
     for turn in conversations:
-        if not isinstance(turn, dict) or turn.get("from") not in ROLES or not isinstance(turn.get("value"), str):
+        role = turn.get("from") if isinstance(turn, dict) else None
+        if not isinstance(role, str) or role not in ROLES or not isinstance(turn.get("value"), str):
             raise DataError(f"malformed turn {turn!r}: need {{'from': human|gpt|system, 'value': str}}")
         messages.append({"role": ROLES[turn["from"]], "content": turn["value"]})
     if not any(m["role"] == "assistant" for m in messages):

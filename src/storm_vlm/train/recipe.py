@@ -184,7 +184,10 @@ def _apply_override(tree: dict[str, Any], override: str) -> None:
     if "=" not in override:
         raise RecipeError(f"override {override!r} is not key=value (e.g. optim.lr=1e-4)")
     key, raw = override.split("=", 1)
-    value = yaml.safe_load(raw) if raw else None
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as err:
+        raise RecipeError(f"override {key}: {raw!r} is not a YAML value ({str(err).splitlines()[0]})") from None
     node = tree
     parts = key.strip().split(".")
     for part in parts[:-1]:
