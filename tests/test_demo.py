@@ -11,8 +11,9 @@ from storm_vlm.synth import TASKS
 def test_demo_runs_on_fresh_clips(tmp_path):
     console = Console(record=True, width=160)
     rows = run_demo(num_frames=8, seed=123, console=console)
-    assert [r["task"] for r in rows] == list(TASKS)
+    assert [r["task"] for r in rows] == list(TASKS) and all("cut" in r for r in rows)
     text = console.export_text()
+    assert "scan cut" in text
     assert "fresh clips (seed 123" in text and "T.Pool + T.Sampling" in text and "32768" in text
     if not (DEMO_MODEL / "config.json").is_file():
         assert "random" in text

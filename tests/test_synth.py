@@ -94,5 +94,5 @@ def test_deterministic_and_disjoint_splits(tmp_path):
     assert not np.array_equal(first_train, first_test)  # different seed spaces
     _, items, problems = load_benchmark("synthetic", tmp_path / "a")
     assert len(items) == 8 and not problems and {it.task for it in items} == set(TASKS)
-    with pytest.raises(ValueError, match="unknown synth task"):
+    with pytest.raises(ValueError, match="unknown or no synth task"):
         make_suite(tmp_path / "x", tasks=("juggling",))

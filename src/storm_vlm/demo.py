@@ -70,15 +70,17 @@ def run_demo(
     items = json.loads(suite.read_text())
     rows = []
     table = Table(title=f"{what}: fresh clips (seed {seed}, split 'demo'), {num_frames} frames each")
-    for col in ("task", "question", "truth", "answer", ""):
+    for col in ("task", "question", "truth", "answer", "", "answer, scan cut at frames"):
         table.add_column(col)
     for item in items:
         clip = sample_frames(work / item["video"], num_frames=num_frames)
         answer = ask(model, processor, clip, item["question"], max_new_tokens=8)
+        with model.scan_cut():  # the Mamba-usage diagnostic: every frame scanned alone
+            cut = ask(model, processor, clip, item["question"], max_new_tokens=8)
         truth = item["options"]["ABCD".index(item["answer"])]
         ok = answer.text.strip().lower().startswith(truth.lower())
-        rows.append({"task": item["task"], "truth": truth, "answer": answer.text, "correct": ok})
-        table.add_row(item["task"], item["question"], truth, repr(answer.text), "✓" if ok else "✗")
+        rows.append({"task": item["task"], "truth": truth, "answer": answer.text, "correct": ok, "cut": cut.text})
+        table.add_row(item["task"], item["question"], truth, repr(answer.text), "✓" if ok else "✗", repr(cut.text))
     console.print(table)
 
     probe = items[0]

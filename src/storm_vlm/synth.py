@@ -229,9 +229,11 @@ def make_suite(
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     train, evaluation = [], []
+    # outside train, each task's answers cycle through its options from a start drawn per (seed, task)
+    start = {task: int(_rng(split + "/answers", seed, j).integers(0, 1 << 16)) for j, task in enumerate(tasks)}
     for i in range(num_samples):
         task = tasks[i % len(tasks)]
-        forced = i // len(tasks) if split != "train" else None  # each task's answers cycle through its options
+        forced = i // len(tasks) + start[task] if split != "train" else None
         sample = make_sample(task, split, seed, i, num_frames, size, answer=forced)
         name = f"videos/{split}-{i:05d}.mp4"
         write_video(out / name, sample.frames, fps=8, pix_fmt="yuv444p")
