@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from transformers.generation.streamers import BaseStreamer
 
 from .model_dir import ModelLoadError, check_model_dir
@@ -105,12 +106,10 @@ def load_model(
     try:
         model = StormForConditionalGeneration.from_pretrained(path, dtype=dtype)
         processor = StormProcessor.from_pretrained(path)
-    except (OSError, ValueError, RuntimeError) as err:  # missing / truncated / mismatched weights, bad files
-        raise ModelLoadError(f"{path}: cannot load the model ({str(err).strip().splitlines()[0]})") from None
-    except Exception as err:  # safetensors' own error type for a corrupt weight file
-        if type(err).__name__ != "SafetensorError":
-            raise
+    except SafetensorError as err:  # a truncated, empty or random weight file
         raise ModelLoadError(f"{path / 'model.safetensors'}: not a readable weight file ({err})") from None
+    except (OSError, ValueError, RuntimeError) as err:  # missing / mismatched weights, bad files
+        raise ModelLoadError(f"{path}: cannot load the model ({str(err).strip().splitlines()[0]})") from None
     if device is not None:
         model.to(device)
     return ready_for_inference(model, fast), processor

@@ -135,9 +135,9 @@ def conditions(plan: ReproPlan) -> list[Condition]:
 
 def sampled_indices(clip_frames: int, frames: int) -> np.ndarray:
     """The frames ``storm_vlm.video.sample_frames`` picks: uniform over the clip, every one at most once."""
-    if frames >= clip_frames:
-        return np.arange(clip_frames)
-    return np.linspace(0, clip_frames - 1, frames).round().astype(np.int64)
+    from .video import uniform_positions
+
+    return np.arange(clip_frames) if frames >= clip_frames else uniform_positions(clip_frames, frames)
 
 
 def received_slots(picked: Sequence[int], k: int, s: int) -> list[list[int]]:
@@ -405,7 +405,6 @@ def run_repro(
         raise FileExistsError(f"{out / 'REPORT.md'} exists; pass --overwrite or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     sets = _test_sets(plan)
     blind = _blind_baseline(plan, sets["short"])
     conds = conditions(plan)

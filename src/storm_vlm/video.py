@@ -42,6 +42,7 @@ __all__ = [
     "VideoTooLargeError",
     "load_image",
     "sample_frames",
+    "uniform_positions",
     "write_video",
 ]
 
@@ -202,6 +203,11 @@ def _check_truncation(container, stream, index: _StreamIndex, path: Path) -> Non
         )
 
 
+def uniform_positions(n: int, num_frames: int) -> np.ndarray:
+    """``num_frames`` positions spread uniformly over ``range(n)``, first and last included."""
+    return np.linspace(0, n - 1, num_frames).round().astype(np.int64)
+
+
 def _select_uniform(candidates: np.ndarray, num_frames: int, on_short: OnShort, path: Path) -> np.ndarray:
     n = len(candidates)
     if num_frames > n:
@@ -209,8 +215,7 @@ def _select_uniform(candidates: np.ndarray, num_frames: int, on_short: OnShort, 
             raise NotEnoughFramesError(f"{path}: {num_frames} frames asked but the clip has only {n}")
         if on_short == "all":
             return candidates
-    positions = np.linspace(0, n - 1, num_frames).round().astype(np.int64)
-    return candidates[positions]
+    return candidates[uniform_positions(n, num_frames)]
 
 
 def _select_fps(

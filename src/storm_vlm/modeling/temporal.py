@@ -75,14 +75,12 @@ class TemporalEncoder(nn.Module):
         of them, at a cost per frame that does not grow with the stream.
         """
         batch, frames, n_tokens, width = tokens.shape
-        if self.cut_at_frames:  # every frame scanned alone: nothing crosses a frame boundary
-            if state is not None or return_state:
-                raise ValueError("a stream cannot run with the scan cut at frame boundaries")
+        if self.cut_at_frames and (state is not None or return_state):
+            raise ValueError("a stream cannot run with the scan cut at frame boundaries")
+        if self.cut_at_frames:  # every frame its own sequence: nothing crosses a frame boundary
             hidden = tokens.reshape(batch * frames, n_tokens, width)
-            for layer in self.layers:
-                hidden = layer(hidden)
-            return self.norm(hidden).view(batch, frames, n_tokens, width)
-        hidden = tokens.reshape(batch, frames * n_tokens, width)  # raster-then-time order
+        else:
+            hidden = tokens.reshape(batch, frames * n_tokens, width)  # raster-then-time order
         if state is None and not return_state:
             for layer in self.layers:
                 hidden = layer(hidden)
