@@ -189,11 +189,14 @@ def test_images_and_videos_with_workers_checkpointing_and_bf16(data, tmp_path):
         ("optim.max_steps=-5", "optim.max_steps must be >= 1"),
         ("optim.epochs=.inf", "optim.epochs must be a finite number"),
         ("log_every=0", "log_every must be >= 1"),
+        ("data.synth.samples=100000000000", "data.synth.samples must be 1 to"),
+        ("data.synth.size=100000", "data.synth.size must be 8 to"),
     ],
 )
 def test_recipes_that_cannot_train_are_refused(data, tmp_path, override, message):
+    extra = ["data.json=''", "data.synth.tasks=[needle]"] if override.startswith("data.synth") else []
     with pytest.raises(RecipeError, match=message):
-        recipe(data, tmp_path / "r", override)
+        recipe(data, tmp_path / "r", *extra, override)
 
 
 def test_a_diverging_run_stops_without_a_final_model(data, tmp_path):

@@ -35,6 +35,10 @@ class InitConfig:
     bidirectional: bool = True
 
 
+MAX_SYNTH_SAMPLES = 10_000_000  # clips of one run (the sampler's permutation: 80 MB at this bound)
+MAX_SYNTH_SIZE = 1024  # frame side of generated clips, in pixels
+
+
 @dataclass
 class SynthDataConfig:
     """Generated clips instead of a JSON file (``storm_vlm.synth``): fresh clips at every step."""
@@ -100,8 +104,12 @@ class TrainRecipe:
             raise RecipeError("init needs either `preset` or both `vision` and `llm`")
         if bool(self.data.json) == (self.data.synth is not None):
             raise RecipeError("give exactly one of data.json (a LLaVA-style JSON file) or data.synth (generated clips)")
-        if self.data.synth is not None and self.data.synth.samples < 1:
-            raise RecipeError("data.synth.samples must be >= 1")
+        if self.data.synth is not None:
+            synth = self.data.synth
+            if not 1 <= synth.samples <= MAX_SYNTH_SAMPLES:  # the sampler holds a permutation of them
+                raise RecipeError(f"data.synth.samples must be 1 to {MAX_SYNTH_SAMPLES:,}, got {synth.samples!r}")
+            if not 8 <= synth.size <= MAX_SYNTH_SIZE:
+                raise RecipeError(f"data.synth.size must be 8 to {MAX_SYNTH_SIZE} pixels, got {synth.size!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise RecipeError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         for name in ("batch_size", "grad_accum"):
