@@ -3,9 +3,13 @@
 Run:  .venv/bin/python benchmarks/serve_load.py [--requests 32] [--stream-frames 1000]
 
 Starts the server on 127.0.0.1 (a free port) with a tiny causal model, then:
-1. a burst of --requests concurrent chat requests mixing valid ones, malformed JSON, wrong types,
-   oversized uploads, path traversal and remote URLs — prints latency percentiles per kind, status
-   counts, and checks every valid request got 200 and every bad one a 4xx;
+1. a burst of --requests concurrent chat requests mixing valid ones with hostile ones (malformed
+   JSON, wrong types, oversized uploads, path traversal, remote URLs, an FFmpeg concat playlist
+   upload, unbounded sizes, Infinity, placeholder text, null bytes, a question longer than the
+   context, a 200 MB Content-Length) while --stalled connections send half a header and stop —
+   prints requests by status, latency percentiles per kind (p50/p95 of the valid ones measured
+   while the hostile ones run), whether stalled connections were closed, and the server's peak RSS;
+   checks every valid request got 200 and every hostile one a 4xx;
 2. a live stream fed --stream-frames frames in chunks of 10 — prints the per-chunk cost at chunks
    1, 10 and 100 and the server's memory before and after;
 and reports the server's resident memory before and after, then stops it.
@@ -15,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
+import http.client
 import json
 import socket
 import statistics
@@ -31,9 +37,10 @@ from storm_vlm.synth import motion_clip
 from storm_vlm.video import write_video
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory now (VmRSS) or at its peak so far (VmHWM), in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -49,15 +56,57 @@ def post(url: str, body: bytes, timeout: float = 300) -> tuple[int, float]:
         return err.code, time.perf_counter() - start
 
 
-def chat(url: str) -> bytes:
-    content = [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "What happens?"}]
-    return json.dumps({"messages": [{"role": "user", "content": content}], "max_tokens": 8, "frames": 8}).encode()
+def post_announced(url: str, length: int) -> tuple[int, float]:
+    """Announce a ``length``-byte body and send none of it: the server must refuse it unread."""
+    host, port = url.removeprefix("http://").split("/")[0].split(":")
+    start = time.perf_counter()
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.putrequest("POST", "/v1/chat/completions")
+        conn.putheader("content-type", "application/json")
+        conn.putheader("content-length", str(length))
+        conn.endheaders()
+        return conn.getresponse().status, time.perf_counter() - start
+    finally:
+        conn.close()
+
+
+def chat(url: str, text: str = "What happens?", **extra: object) -> bytes:
+    content = [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": text}]
+    body = {"messages": [{"role": "user", "content": content}], "max_tokens": 8, "frames": 8, **extra}
+    return json.dumps(body).encode()
+
+
+def stall(host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` connections that send half a request line and stop (slow-header clients)."""
+    sockets = []
+    for _ in range(count):
+        s = socket.create_connection((host, port), timeout=30)
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        sockets.append(s)
+    return sockets
+
+
+def closed_by_server(sockets: list[socket.socket]) -> int:
+    """How many of ``sockets`` the server has closed (a read gives EOF or a reset, not a timeout)."""
+    closed = 0
+    for s in sockets:
+        s.settimeout(2)
+        try:
+            closed += s.recv(16) == b""
+        except ConnectionResetError:
+            closed += 1
+        except TimeoutError:
+            pass  # still open
+        s.close()
+    return closed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--stream-frames", type=int, default=1000)
+    parser.add_argument("--stalled", type=int, default=100, help="Slow-header connections held open.")
     args = parser.parse_args()
     import numpy as np
 
@@ -88,6 +137,8 @@ def main() -> None:
             str(args.requests),
             "--max-upload-mb",
             "1",
+            "--read-timeout",
+            "5",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -104,6 +155,7 @@ def main() -> None:
         rss_before = rss_mib(server.pid)
 
         big = "data:video/mp4;base64," + base64.b64encode(b"\0" * (2 * 2**20)).decode()
+        playlist = "data:video/mp4;base64," + base64.b64encode(b"ffconcat version 1.0\nfile /etc/hostname\n").decode()
         kinds = {
             "valid": chat("clip.mp4"),
             "malformed-json": b"{not json",
@@ -111,26 +163,48 @@ def main() -> None:
             "oversized": chat(big),
             "traversal": chat("../../etc/passwd"),
             "remote-url": chat("http://127.0.0.1:1/x.mp4"),
+            "playlist": chat(playlist),
+            "huge-pool": chat("clip.mp4", temporal_pool=400000),
+            "fps-inf": chat("clip.mp4").replace(b'"frames": 8', b'"fps": Infinity'),
+            "placeholder": chat("clip.mp4", text="what is <video>?"),
+            "null-byte": chat("clip\u0000.mp4"),
+            "long-question": chat("clip.mp4", text="x" * 150_000),
         }
-        names = list(kinds)
+        names = [*kinds, "200MB-length"]
         jobs = [names[i % len(names)] for i in range(args.requests)]
+
+        def send(kind: str) -> tuple[str, int, float]:
+            if kind == "200MB-length":
+                return (kind, *post_announced(base, 200 * 2**20))
+            return (kind, *post(base + "/v1/chat/completions", kinds[kind]))
+
+        stalled = stall("127.0.0.1", port, args.stalled)
         with ThreadPoolExecutor(max_workers=args.requests) as pool:
-            results = list(pool.map(lambda k: (k, *post(base + "/v1/chat/completions", kinds[k])), jobs))
-        print(f"burst of {args.requests} concurrent requests ({', '.join(names)})\n")
-        print(f"{'kind':<15} {'n':>3} {'statuses':<14} {'p50 s':>7} {'p90 s':>7} {'max s':>7}")
+            results = list(pool.map(send, jobs))
+        print(f"burst of {args.requests} concurrent requests ({len(names)} kinds), {args.stalled} stalled "
+              "connections open\n")  # fmt: skip
+        print(f"{'kind':<15} {'n':>3} {'statuses':<14} {'p50 s':>7} {'p95 s':>7} {'max s':>7}")
         ok = True
         for kind in names:
             rows = [(s, t) for k, s, t in results if k == kind]
+            if not rows:
+                continue
             statuses = sorted({s for s, _ in rows})
             times = sorted(t for _, t in rows)
-            p90 = times[min(len(times) - 1, int(0.9 * len(times)))]
+            p95 = times[min(len(times) - 1, int(0.95 * len(times)))]
             print(f"{kind:<15} {len(rows):>3} {','.join(map(str, statuses)):<14} "
-                  f"{statistics.median(times):7.3f} {p90:7.3f} {times[-1]:7.3f}")  # fmt: skip
+                  f"{statistics.median(times):7.3f} {p95:7.3f} {times[-1]:7.3f}")  # fmt: skip
             ok &= all(s == 200 for s, _ in rows) if kind == "valid" else all(400 <= s < 500 for s, _ in rows)
+        by_status = collections.Counter(s for _, s, _ in results)
+        print("\nrequests by status: " + ", ".join(f"{k}: {v}" for k, v in sorted(by_status.items())))
+        time.sleep(6)  # past --read-timeout
+        closed = closed_by_server(stalled)
         alive = urllib.request.urlopen(base + "/health", timeout=5).status == 200
         rss_after = rss_mib(server.pid)
-        print(f"\nevery valid request answered and every bad one 4xx: {ok}; server alive: {alive}")
-        print(f"server RSS: {rss_before:.0f} MiB before the burst, {rss_after:.0f} MiB after")
+        print(f"every valid request answered and every hostile one 4xx: {ok}; server alive: {alive}")
+        print(f"stalled connections closed by the server after --read-timeout 5 s: {closed} of {len(stalled)}")
+        print(f"server RSS: {rss_before:.0f} MiB before the burst, {rss_after:.0f} MiB after, "
+              f"peak {rss_mib(server.pid, 'VmHWM'):.0f} MiB")  # fmt: skip
 
         sid = json.loads(urllib.request.urlopen(urllib.request.Request(
             base + "/v1/streams", data=b'{"temporal_pool": 2}', headers={"content-type": "application/json"}

@@ -332,6 +332,10 @@ def serve(
     max_upload_mb: Annotated[int, typer.Option(min=1, help="Largest data: URL upload.")] = 64,
     max_queue: Annotated[int, typer.Option(min=1, help="Requests allowed to wait (429 beyond).")] = 8,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds per request (504 beyond).")] = 120.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=1 << 20, help="Most tokens per answer.")] = 512,
+    read_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds to receive a request's headers and body (closed beyond).")
+    ] = 60.0,
     device: Device = None,
     fast: Fast = None,
 ) -> None:
@@ -342,6 +346,7 @@ def serve(
     from .inference import load_model
     from .model_dir import check_model_dir
     from .serve import ServerConfig, create_app
+    from .serve.limits import read_timeout_protocol
 
     check_model_dir(model_dir)
     if media_root is not None and not media_root.is_dir():
@@ -349,10 +354,15 @@ def serve(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, processor = load_model(model_dir, device=device, fast=fast)
     config = ServerConfig(media_root=media_root, max_frames=max_frames, max_upload_mb=max_upload_mb,
-                          max_queue=max_queue, request_timeout_s=timeout)  # fmt: skip
+                          max_queue=max_queue, request_timeout_s=timeout, max_new_tokens=max_new_tokens,
+                          read_timeout_s=read_timeout)  # fmt: skip
     app_ = create_app(model, processor, config, model_id=model_dir.name)
-    console.print(f"serving {model_dir} on http://{host}:{port} (media root: {media_root or 'none: data: URLs only'})")
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
+    console.print(
+        f"serving {model_dir} on http://{host}:{port} (media root: {media_root or 'none: data: URLs only'})",
+        markup=False,
+    )
+    uvicorn.run(app_, host=host, port=port, log_level="warning", http=read_timeout_protocol(read_timeout),
+                h11_max_incomplete_event_size=64 * 1024)  # fmt: skip
 
 
 @app.command()
@@ -383,13 +393,26 @@ def synth(
 def train(
     recipe: Annotated[Path, typer.Argument(help="YAML recipe (see configs/).")],
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. optim.lr=1e-4")] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Train again although output_dir/final is complete (replaced once the new one is).")
+    ] = False,
 ) -> None:
-    """Train a stage from a recipe (run under `accelerate launch` for several processes/GPUs)."""
-    from .train import load_recipe
+    """Train a stage from a recipe (run under `accelerate launch` for several processes/GPUs).
+
+    Rerunning the command resumes an interrupted run (SIGTERM/SIGINT write a checkpoint, exit 143/130)
+    and does nothing for a finished one.
+    """
+    from .train import TrainingInterrupted, load_recipe
     from .train import train as run_training
 
-    result = run_training(load_recipe(recipe, overrides or []), console=console)
-    if result.final_dir is not None:
+    loaded = load_recipe(recipe, overrides or [])
+    loaded.overwrite = loaded.overwrite or overwrite
+    try:
+        result = run_training(loaded, console=console)
+    except TrainingInterrupted as stop:
+        err_console.print(str(stop), markup=False, highlight=False)
+        raise typer.Exit(stop.exit_code) from None
+    if result.final_dir is not None and not result.already_done:
         console.print(f"final loss {result.last_loss:.4f}, answer-token accuracy {result.last_accuracy:.3f}")
 
 

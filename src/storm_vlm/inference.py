@@ -12,7 +12,7 @@ The pipeline runs its stages one by one so each can be timed: decode → preproc
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,17 @@ from .modeling.reduction import ReductionSettings, reduce_tokens, settings_for_b
 from .processing_storm import StormProcessor
 from .video import Progress, VideoClip, sample_frames
 
-__all__ = ["Answer", "PreparedInputs", "StageTimer", "ask", "load_model", "prepare_inputs", "ready_for_inference"]
+__all__ = [
+    "Answer",
+    "PreparedInputs",
+    "PromptTooLongError",
+    "StageTimer",
+    "ask",
+    "context_length",
+    "load_model",
+    "prepare_inputs",
+    "ready_for_inference",
+]
 
 
 @dataclass
@@ -140,6 +150,16 @@ def ready_for_inference(
     return model
 
 
+class PromptTooLongError(ValueError):
+    """The prompt (question and visual tokens) does not fit the LLM's context."""
+
+
+def context_length(model: StormForConditionalGeneration) -> int | None:
+    """Positions the LLM was built for (``max_position_embeddings``), when its config says."""
+    value = getattr(model.config.text_config, "max_position_embeddings", None)
+    return int(value) if value else None
+
+
 @dataclass
 class PreparedInputs:
     """A question about a clip, ready for the LLM: embeddings with the visual tokens spliced in."""
@@ -149,6 +169,11 @@ class PreparedInputs:
     visual_tokens: int
     prompt_tokens: int
     timer: StageTimer
+    room: int | None = None  # new tokens that still fit the context (None: unknown)
+
+    def new_token_limit(self, asked: int) -> int:
+        """``asked``, capped so that prompt and answer fit the context."""
+        return asked if self.room is None else max(1, min(asked, self.room))
 
 
 def prepare_inputs(
@@ -157,36 +182,55 @@ def prepare_inputs(
     clip: VideoClip,
     question: str,
     settings: ReductionSettings,
+    check: Callable[[], None] | None = None,
 ) -> PreparedInputs:
-    """Run the visual stages (timed: preprocess, vision, temporal) and embed the prompt."""
+    """Run the visual stages (timed: preprocess, vision, temporal) and embed the prompt.
+
+    The prompt is tokenised first (its length is known from the frame count alone), so a prompt
+    longer than the context raises :class:`PromptTooLongError` before any pixel is encoded.
+    ``check`` is called between chunks and stages; it may raise to stop the work (a deadline).
+    """
     device = model.device
     timer = StageTimer(device)
     chunk = model.config.vision_chunk_size
+    media = "image" if clip.is_image else "video"
+    prompt = processor.build_prompt(question, media=media)
+    if clip.is_image:
+        ids = processor.tokenize(prompt, num_images=1, settings=settings)
+    else:
+        ids = processor.tokenize(prompt, [len(clip)], settings=settings)
+    prompt_tokens = int(ids["input_ids"].shape[1])
+    context = context_length(model)
+    if context is not None and prompt_tokens >= context:
+        raise PromptTooLongError(
+            f"the prompt is {prompt_tokens} tokens (question and visual tokens) but the model's context is "
+            f"{context}: shorten the question, or use fewer frames or more compression"
+        )
+    tick = check or (lambda: None)
     parts = []
     with torch.inference_mode():
         # Frames are resized and encoded chunk by chunk: all frames at model resolution never
         # exist at once (1024 frames at 448 px would be 2.4 GB of fp32 pixels).
         for lo in range(0, len(clip), chunk):
+            tick()
             with timer.stage("preprocess"):
                 pixels = processor.preprocess_frames(clip.frames[lo : lo + chunk], device).to(model.dtype)
             with timer.stage("vision"):
                 parts.append(model.encode_video(pixels[None]))  # (1, t, N, D)
+        tick()
         tokens = torch.cat(parts, dim=1)  # (1, T, N, D)
         with timer.stage("temporal"):
             tokens = model.apply_temporal(tokens)
             tokens, _ = reduce_tokens(tokens, model.config.token_grid, settings)  # (1, T', N', D)
+        tick()
         visual = tokens.flatten(0, 2)
-        media = "image" if clip.is_image else "video"
-        prompt = processor.build_prompt(question, media=media)
+        input_ids = ids["input_ids"].to(device)
         if clip.is_image:
-            ids = processor.tokenize(prompt, num_images=1, settings=settings)
-            embeds, _ = model.embed_inputs(ids["input_ids"].to(device), image_embeds=visual)
+            embeds, _ = model.embed_inputs(input_ids, image_embeds=visual)
         else:
-            ids = processor.tokenize(prompt, [len(clip)], settings=settings)
-            embeds, _ = model.embed_inputs(ids["input_ids"].to(device), video_embeds=visual)
-    return PreparedInputs(
-        embeds, ids["attention_mask"].to(device), int(visual.shape[0]), ids["input_ids"].shape[1], timer
-    )
+            embeds, _ = model.embed_inputs(input_ids, video_embeds=visual)
+    room = None if context is None else context - prompt_tokens
+    return PreparedInputs(embeds, ids["attention_mask"].to(device), int(visual.shape[0]), prompt_tokens, timer, room)
 
 
 def generate_timed(
@@ -268,7 +312,8 @@ def ask(
     prepared = prepare_inputs(model, processor, clip, question, settings)
     prepared.timer.timings["decode"] = decode_seconds
     sampling = dict(temperature=temperature, top_p=top_p) if do_sample else {}
-    new_tokens = generate_timed(model, processor, prepared, max_new_tokens, do_sample=do_sample, **sampling)
+    limit = prepared.new_token_limit(max_new_tokens)
+    new_tokens = generate_timed(model, processor, prepared, limit, do_sample=do_sample, **sampling)
     return Answer(
         text=processor.decode(new_tokens).strip(),
         num_frames=len(clip),

@@ -175,7 +175,14 @@ class StormProcessor(ProcessorMixin):
 
     # -- text --------------------------------------------------------------------------------
     def build_prompt(self, question: str, media: str | None = "video") -> str:
-        """One user turn (media placeholder first, as in LLaVA) and the assistant prefix."""
+        """One user turn (media placeholder first, as in LLaVA) and the assistant prefix.
+
+        A question that itself contains ``<video>`` or ``<image>`` is refused: those strings are
+        the placeholders the visual tokens replace, so the count would no longer match the media.
+        """
+        for token in (VIDEO_TOKEN, IMAGE_TOKEN):
+            if token in question:
+                raise ValueError(f"the question text contains {token}, the media placeholder; remove it")
         placeholder = {"video": VIDEO_TOKEN + "\n", "image": IMAGE_TOKEN + "\n", None: ""}[media]
         messages = [{"role": "user", "content": placeholder + question}]
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

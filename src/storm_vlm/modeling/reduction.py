@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "MAX_REDUCTION",
     "ReductionSettings",
     "num_visual_tokens",
     "reduce_tokens",
@@ -28,6 +29,9 @@ __all__ = [
     "temporal_pool",
     "temporal_sample",
 ]
+
+
+MAX_REDUCTION = 4096  # largest k, p or s accepted: the most frames a clip may have (video.MAX_FRAMES)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -45,8 +49,8 @@ class ReductionSettings:
     def __post_init__(self) -> None:
         for name in ("temporal_pool", "spatial_pool", "temporal_sampling"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_REDUCTION:
+                raise ValueError(f"{name} must be an integer from 1 to {MAX_REDUCTION}, got {value!r}")
 
     @classmethod
     def resolve(
@@ -78,10 +82,15 @@ class ReductionSettings:
 
 
 def temporal_pool(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Average every k consecutive frames. ``(B, T, N, D) → (B, ⌈T/k⌉, N, D)`` (Eq. 6-7)."""
+    """Average every k consecutive frames. ``(B, T, N, D) → (B, ⌈T/k⌉, N, D)`` (Eq. 6-7).
+
+    k ≥ T is one group of all T frames, so k is clamped to T: the result is the same and the
+    zero padding (k - T frames) is never allocated, however large k is.
+    """
+    batch, frames, n_tokens, width = x.shape
+    k = min(k, max(frames, 1))
     if k == 1:
         return x
-    batch, frames, n_tokens, width = x.shape
     groups = _ceil_div(frames, k)
     pad = groups * k - frames
     sums = F.pad(x, (0, 0, 0, 0, 0, pad)).view(batch, groups, k, n_tokens, width).sum(2)
@@ -96,10 +105,11 @@ def spatial_pool(x: torch.Tensor, grid: tuple[int, int], p: int) -> tuple[torch.
     ``ceil_mode`` with no padding makes PyTorch divide clipped edge windows by their in-bounds
     size, which is exactly the ragged-edge rule above.
     """
+    h, w = grid
+    p = min(p, max(h, w))  # a window larger than the grid covers the same tokens as one the grid's size
     if p == 1:
         return x, grid
     batch, frames, _, width = x.shape
-    h, w = grid
     maps = x.reshape(batch * frames, h, w, width).permute(0, 3, 1, 2)  # (B·T, D, h, w)
     pooled = F.avg_pool2d(maps, kernel_size=p, stride=p, ceil_mode=True)
     new_grid = (pooled.shape[-2], pooled.shape[-1])

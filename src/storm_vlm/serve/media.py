@@ -71,11 +71,35 @@ def resolve_media(url: str, media_root: Path | None, max_bytes: int) -> Iterator
     if media_root is None:
         raise MediaError("file paths are disabled: start the server with --media-root DIR", 403)
     raw = url[7:] if lowered.startswith("file://") else url
+    _check_path_text(raw)
     root = media_root.resolve()
     candidate = Path(raw)
-    path = (candidate if candidate.is_absolute() else root / candidate).resolve()  # follows symlinks
-    if path != root and root not in path.parents:
+    try:
+        path = (candidate if candidate.is_absolute() else root / candidate).resolve()  # follows symlinks
+        inside = path == root or root in path.parents
+        exists = inside and path.is_file()
+    except (OSError, RuntimeError, ValueError):  # a name too long, a symlink loop
+        raise MediaError("media path cannot be resolved (too long, or a symlink loop)") from None
+    if not inside:
         raise MediaError("path is outside the media root", 403)
-    if not path.is_file():
-        raise MediaError(f"no such file under the media root: {raw}", 404)
+    if not exists:
+        raise MediaError(f"no such file under the media root: {raw[:200]}", 404)
     yield path
+
+
+MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
+MAX_PATH_PARTS = 256
+
+
+def _check_path_text(raw: str) -> None:
+    """Refuse path text no file system could hold, before it reaches one (400, not a crash)."""
+    if "\0" in raw:
+        raise MediaError("media path contains a null character")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MediaError("media path is not valid Unicode (a lone surrogate)") from None
+    if len(raw) > MAX_PATH_CHARS:
+        raise MediaError(f"media path is {len(raw)} characters; the limit is {MAX_PATH_CHARS}")
+    if raw.count("/") >= MAX_PATH_PARTS:
+        raise MediaError(f"media path has more than {MAX_PATH_PARTS} parts")
