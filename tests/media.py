@@ -33,3 +33,27 @@ def decode_all(path: Path) -> list[np.ndarray]:
             turns = round((frame.rotation or 0) / 90) % 4
             out.append(np.rot90(rgb, turns) if turns else rgb)
     return out
+
+
+def make_size_switch(path: Path, sizes: tuple[tuple[int, int], ...] = ((32, 32), (48, 64)), per_size: int = 4) -> Path:
+    """An MJPEG AVI whose frames change size midway ((height, width) per group), as resolution
+    switches do: the packets of encoders of each size are muxed into one stream."""
+    from fractions import Fraction
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=10)
+        stream.height, stream.width = sizes[0]
+        stream.pix_fmt = "yuvj420p"
+        for g, (height, width) in enumerate(sizes):
+            encoder = av.CodecContext.create("mjpeg", "w")
+            encoder.height, encoder.width, encoder.pix_fmt = height, width, "yuvj420p"
+            encoder.time_base = Fraction(1, 10)
+            for i in range(g * per_size, (g + 1) * per_size):
+                image = np.full((height, width, 3), i * 30 % 256, np.uint8)
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuvj420p")
+                frame.pts, frame.time_base = i, Fraction(1, 10)
+                for packet in [*encoder.encode(frame), *(encoder.encode() if i == (g + 1) * per_size - 1 else [])]:
+                    packet.stream, packet.time_base = stream, Fraction(1, 10)
+                    packet.pts = packet.dts = i
+                    container.mux(packet)
+    return path

@@ -210,3 +210,136 @@ def test_a_one_frame_video_is_a_one_frame_clip(tmp_path, name, kwargs):
     for clip in (sample_frames(path, num_frames=8), sample_frames(path, fps=2.0), sample_frames(path)):
         assert len(clip) == 1 and clip.duration > 0
     assert sample_frames(path, num_frames=4, on_short="repeat").frames.shape[0] == 4
+
+
+# -- hostile input: files that make FFmpeg read other files, text, bounds ----------------------
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """A media root whose "videos" reference a secret video outside it, and text files."""
+    root = tmp_path_factory.mktemp("hostile")
+    (root / "outside").mkdir()
+    secret = make(root / "outside" / "secret.mp4", num_frames=10)
+    media = root / "media"
+    media.mkdir()
+    (media / "link.mp4").symlink_to(secret)
+    hls = "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{}\n#EXT-X-ENDLIST\n"
+    files = {
+        "concat-relative": ("rel.mp4", "ffconcat version 1.0\nfile ../outside/secret.mp4\n"),
+        "concat-absolute": ("abs.mp4", f"ffconcat version 1.0\nfile {secret}\n"),
+        "concat-symlink": ("vialink.mp4", "ffconcat version 1.0\nfile link.mp4\n"),  # FFmpeg's "safe" name
+        "hls-relative": ("list.m3u8", hls.format("../outside/secret.mp4")),
+        "hls-absolute": ("abs.m3u8", hls.format(secret)),
+        "hls-as-mp4": ("hls.mp4", hls.format(secret)),
+        "text-txt": ("notes.txt", "hello, this is text\n" * 40),  # FFmpeg's tty demuxer: a "video" of text
+        "text-mp4": ("notes.mp4", "hello, this is text\n" * 40),
+        "subtitles": ("sub.srt", "1\n00:00:01,000 --> 00:00:02,000\nhello\n"),
+    }
+    for name, text in files.values():
+        (media / name).write_text(text)
+    return {case: media / name for case, (name, _) in files.items()}
+
+
+HOSTILE = ["concat-relative", "concat-absolute", "concat-symlink", "hls-relative", "hls-absolute", "hls-as-mp4",
+           "text-txt", "text-mp4", "subtitles"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_references_to_other_files_and_text_are_refused(hostile, case):
+    path = hostile[case]
+    with pytest.raises(CorruptVideoError) as info:
+        sample_frames(path, num_frames=4)
+    text = str(info.value)
+    assert str(path) in text and "not a video" in text and "\n" not in text
+
+
+def test_the_hostile_files_do_read_outside_without_the_whitelist(hostile):
+    """Plain FFmpeg opens them (the secret's 10 frames, or text as a tty "video"): the refusal above is
+    the whitelist's doing, not a malformed test file."""
+    import av
+
+    read = {}
+    for case in ("concat-symlink", "hls-relative", "hls-absolute", "text-txt"):
+        with av.open(str(hostile[case])) as container:
+            read[case] = (container.format.name, sum(1 for _ in container.decode(video=0)))
+    assert read["concat-symlink"] == ("concat", 10)
+    assert read["hls-relative"] == ("hls", 10) and read["hls-absolute"] == ("hls", 10)
+    assert read["text-txt"][0] == "tty"
+
+
+def test_accepted_containers_and_protocol_like_names_still_open(tmp_path, monkeypatch):
+    for name, kwargs in [("a.ts", {}), ("a.flv", dict(codec="flv")), ("a.mpg", dict(codec="mpeg2video"))]:
+        assert len(sample_frames(make(tmp_path / name, num_frames=6, **kwargs), num_frames=3)) == 3, name
+    monkeypatch.chdir(tmp_path)  # relative names that look like protocols name files, not protocols
+    for name in ("concat:a.mp4", "http:b.mkv", "subfile:c.avi"):
+        make(tmp_path / name, num_frames=6)
+        assert len(sample_frames(name, num_frames=3)) == 3, name
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(num_frames=4097), "num_frames must be from 1 to 4096"),
+        (dict(num_frames=0), "num_frames must be from 1 to 4096"),
+        (dict(num_frames=2.5), "num_frames must be an integer"),
+        (dict(fps=1e6), "fps must be a number above 0 and at most 240"),
+        (dict(fps=float("nan")), "fps must be a number"),
+        (dict(fps=2.0, max_frames=10**6), "max_frames must be from 1 to 4096"),
+        (dict(num_frames=4, fps=2.0), "not both"),
+    ],
+)
+def test_parameter_bounds_name_the_parameter(tmp_path, kwargs, message):
+    path = make(tmp_path / "v.mp4", num_frames=4)
+    with pytest.raises(ValueError, match=message):
+        sample_frames(path, **kwargs)
+
+
+def test_max_fps_and_the_implicit_frame_cap(tmp_path, monkeypatch):
+    from storm_vlm import video
+
+    path = make(tmp_path / "v.mp4", num_frames=30)
+    assert len(sample_frames(path, fps=video.MAX_FPS)) == 30  # every frame once
+    monkeypatch.setattr(video, "MAX_FRAMES", 7)
+    for clip in (sample_frames(path), sample_frames(path, fps=100.0)):  # no max_frames: capped at MAX_FRAMES
+        assert len(clip) == 7 and clip.indices[0] == 0 and clip.indices[-1] == 29
+
+
+def _fps_reference(times: np.ndarray, fps: float, t0: float, t1: float) -> np.ndarray:
+    """The rule of `_select_fps` as one target per 1/fps seconds (what it computed before)."""
+    targets = np.arange(t0, t1 - 1e-9, 1.0 / fps)
+    return np.unique(np.clip(np.searchsorted(times, targets + 1e-9, side="right") - 1, 0, len(times) - 1))
+
+
+def test_fps_selection_equals_one_target_per_step_and_ignores_the_duration():
+    from storm_vlm.video import _select_fps, _StreamIndex
+
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        n = int(rng.integers(1, 60))
+        gaps = rng.choice([0.04, 1 / 30, 0.1, 0.5, 2.0], size=n) * rng.uniform(0.5, 1.5, n)
+        pts = np.cumsum(np.round(gaps * 1000)).astype(np.int64)  # ms, variable rate, possibly repeated
+        index = _StreamIndex(np.sort(pts), np.ones(n, bool), 0.001, int(pts.min()))
+        times = index.seconds()
+        t0 = float(rng.choice([0.0, float(times[rng.integers(0, n)]), float(rng.uniform(0, times[-1] + 0.1))]))
+        t1 = float(rng.choice([times[-1] + 0.04, times[-1] + 0.5, rng.uniform(t0, times[-1] + 0.5)]))
+        candidates = np.flatnonzero((times >= t0 - 1e-9) & (times < t1 - 1e-9))
+        if len(candidates) == 0:
+            continue
+        fps = float(rng.choice([0.25, 1.0, 2.0, 7.5, 29.97, 240.0]))
+        got = _select_fps(index, candidates, fps, t0, t1, 4096)
+        expected = candidates[_fps_reference(times[candidates], fps, t0, t1)]
+        assert got.tolist() == expected.tolist(), trial
+    # a damaged header's pts can span 10^12 s: the cost follows the 3 frames, not the duration
+    index = _StreamIndex(np.array([0, 1, 10**15]), np.ones(3, bool), 0.001, 0)
+    start = time.monotonic()
+    assert _select_fps(index, np.arange(3), 240.0, 0.0, 1e12 + 1, 4096).tolist() == [0, 1, 2]
+    assert time.monotonic() - start < 1
+
+
+def test_a_stream_that_changes_size_gives_one_size(tmp_path):
+    from .media import make_size_switch
+
+    path = make_size_switch(tmp_path / "switch.avi")
+    assert {f.shape for f in decode_all(path)} == {(32, 32, 3), (48, 64, 3)}
+    clip = sample_frames(path)
+    assert clip.frames.shape == (8, 32, 32, 3) and clip.size == (32, 32)
+    assert np.abs(clip.frames[:, 10, 10, 0].astype(int) - np.arange(8) * 30).max() <= 3  # every frame, in order

@@ -18,10 +18,23 @@ yields at index *i* (tested). Rotation metadata (display matrix) is applied.
 More frames asked than the clip has: by default every frame is returned once (``on_short="all"``,
 so ``len(clip) < num_frames``); ``"repeat"`` repeats frames to return exactly ``num_frames``;
 ``"error"`` raises :class:`NotEnoughFramesError`.
+
+**Bounds.** A clip holds at most ``MAX_FRAMES`` (4096) frames: ``num_frames`` and ``max_frames``
+above it are refused (``ValueError`` naming the parameter), and sampling every frame or by ``fps``
+is capped there (uniformly). ``fps`` is at most ``MAX_FPS`` (240). Frames larger than
+``MAX_SIDE`` px a side or ``MAX_PIXELS`` in all are refused before they are converted.
+
+**Hostile files.** Only real media demuxers (``VIDEO_DEMUXERS``: mp4/mov, mkv/webm, avi, gif, ...)
+and FFmpeg's ``file`` protocol may be used. Formats that make FFmpeg open *other* files or URLs
+(concat playlists, HLS/DASH manifests, image-sequence patterns) and text formats (FFmpeg reads
+any text as a ``tty`` "video") are refused, so a file under a media root cannot read outside it.
+Whatever the bytes, :func:`sample_frames` returns frames or raises a :class:`VideoError` with one
+line naming the file (fuzzed in ``benchmarks/video_fuzz.py``).
 """
 
 from __future__ import annotations
 
+import errno
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +45,9 @@ import numpy as np
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_FPS",
+    "MAX_FRAMES",
+    "VIDEO_DEMUXERS",
     "CorruptVideoError",
     "EmptyVideoError",
     "NoVideoStreamError",
@@ -49,6 +65,33 @@ __all__ = [
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 MAX_SIDE = 16384  # larger frames are refused before anything is decoded
 MAX_PIXELS = 1 << 27  # ~134 Mpx, e.g. 11585 x 11585
+MAX_FRAMES = 4096  # most frames one clip may hold (num_frames, max_frames, and the implicit caps)
+MAX_FPS = 240.0  # highest sampling rate: beyond it every frame of any real video is already taken
+# FFmpeg demuxers a video may be read with (AVFormatContext.format_whitelist; a demuxer named
+# "mov,mp4,m4a,3gp,3g2,mj2" matches any of its names). Left out on purpose: concat, hls, dash,
+# image2 (patterns), tee, segment and other demuxers that open further files or URLs; tty, srt and
+# other text formats (no video); raw codecs that need parameters (rawvideo).
+VIDEO_DEMUXERS = (
+    "mov",  # .mp4 .m4v .mov .3gp
+    "matroska",  # .mkv .webm
+    "avi",
+    "gif",
+    "flv",
+    "mpegts",  # .ts .m2ts
+    "mpeg",  # .mpg .vob
+    "asf",  # .wmv
+    "ogg",  # .ogv
+    "nut",
+    "mxf",
+    "ivf",  # raw VP8/VP9/AV1
+    "h264",
+    "hevc",
+    "m4v",  # raw MPEG-4 part 2
+    "mpegvideo",  # raw MPEG-1/2
+    "mjpeg",
+    "apng",
+    "yuv4mpegpipe",  # .y4m
+)
 SEEK_COST_FRAMES = 8  # a seek + decoder flush costs about as much as decoding this many frames
 OnShort = Literal["all", "repeat", "error"]
 Progress = Callable[[int, int], None]
@@ -126,6 +169,7 @@ class _StreamIndex:
 
 
 def _open(path: Path):
+    """Open ``path`` for reading with only ``VIDEO_DEMUXERS`` and the ``file`` protocol (module doc)."""
     import av
 
     if not path.exists():
@@ -135,20 +179,41 @@ def _open(path: Path):
     if path.stat().st_size == 0:
         raise EmptyVideoError(f"{path}: file is empty")
     try:
-        container = av.open(str(path), timeout=10.0)
+        container = av.open(
+            f"file:{path}",  # the prefix: a name such as "concat:a|b" or "http:x" is a file name, never a protocol
+            timeout=10.0,
+            container_options={"format_whitelist": ",".join(VIDEO_DEMUXERS), "protocol_whitelist": "file"},
+            metadata_errors="replace",  # a tag that is not UTF-8 is not a reason to refuse the video
+        )
     except av.error.FFmpegError as err:
+        if getattr(err, "errno", None) == errno.EINVAL:  # what FFmpeg answers for a demuxer off the whitelist
+            raise CorruptVideoError(
+                f"{path}: not a video: FFmpeg reads it as a format refused here (a playlist, text, subtitles or "
+                "another non-video format; accepted: mp4, mov, mkv, webm, avi, gif, ...)"
+            ) from None
         raise CorruptVideoError(f"{path}: not a video FFmpeg can read, or truncated ({_reason(err)})") from None
-    if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams})
+    try:
+        return container, _video_stream(container, path)
+    except BaseException:
         container.close()
+        raise
+
+
+def _video_stream(container, path: Path):
+    """The first video stream, checked: a decoder exists, its frame size is within the limits."""
+    if not container.streams.video:
+        kinds = sorted({str(s.type) for s in container.streams})
         what = f"only {', '.join(kinds)} streams" if kinds else "no streams"
         raise NoVideoStreamError(f"{path}: contains no video stream ({what})")
     stream = container.streams.video[0]
+    if stream.codec_context is None:  # PyAV has no decoder for the stream's codec id
+        raise CorruptVideoError(f"{path}: the video stream's codec is unknown or not supported")
+    if not stream.time_base:
+        raise CorruptVideoError(f"{path}: the video stream has no time base")
     width, height = stream.codec_context.width, stream.codec_context.height
     if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
-        container.close()
         raise VideoTooLargeError(f"{path}: frame size {width}x{height} exceeds the limit ({MAX_SIDE} px a side)")
-    return container, stream
+    return stream
 
 
 def _reason(err: Exception) -> str:
@@ -219,15 +284,29 @@ def _select_uniform(candidates: np.ndarray, num_frames: int, on_short: OnShort, 
 
 
 def _select_fps(
-    index: _StreamIndex, candidates: np.ndarray, fps: float, t0: float, t1: float, max_frames: int | None
+    index: _StreamIndex, candidates: np.ndarray, fps: float, t0: float, t1: float, max_frames: int
 ) -> np.ndarray:
-    """The frame on screen at t0, t0 + 1/fps, …; duplicates removed; capped uniformly."""
+    """The frame on screen at t0, t0 + 1/fps, …; duplicates removed; capped uniformly.
+
+    Computed per frame, not per target time: frame ``i`` is kept when some target falls in
+    ``[time_i, time_i+1)`` (the first frame also takes targets before it). So the cost follows the
+    frames, not the duration, which a damaged header can make astronomically long.
+    """
     times = index.seconds(candidates)
-    targets = np.arange(t0, t1 - 1e-9, 1.0 / fps)  # the window is half-open: [t0, t1)
-    pos = np.clip(np.searchsorted(times, targets + 1e-9, side="right") - 1, 0, len(candidates) - 1)
-    chosen = candidates[np.unique(pos)]
-    if max_frames is not None and len(chosen) > max_frames:
-        chosen = chosen[np.linspace(0, len(chosen) - 1, max_frames).round().astype(np.int64)]
+    step = 1.0 / fps
+    count = max(0.0, math.ceil((t1 - 1e-9 - t0) / step))  # targets t0 + j * step, j < count: [t0, t1)
+    lo = times - 1e-9  # a target at lo or after (and before hi) shows frame i
+    lo[0] = -np.inf
+    hi = np.append(times[1:] - 1e-9, np.inf)
+    j = np.maximum(np.ceil((lo - t0) / step), 0.0)  # the first target at or after lo
+    j[t0 + j * step < lo] += 1  # repair a rounding step of the division either way
+    back = (j > 0) & (t0 + (j - 1) * step >= lo)
+    j[back] -= 1
+    chosen = candidates[(j < count) & (t0 + j * step < hi)]
+    if len(chosen) == 0:  # a window narrower than the 1e-9 s tolerance: the one frame in it
+        chosen = candidates[:1]
+    if len(chosen) > max_frames:
+        chosen = chosen[uniform_positions(len(chosen), max_frames)]
     return chosen
 
 
@@ -257,6 +336,7 @@ def _decode(container, stream, path: Path, index: _StreamIndex, targets: np.ndar
     wanted = {int(p): i for i, p in enumerate(index.pts[targets])}
     out: list[np.ndarray | None] = [None] * len(targets)
     state = {"decoded": 0, "done": 0}
+    size: list[tuple[int, int]] = []  # (width, height) of the first kept frame: every frame gets it
 
     def run(container, stream, first: int, last: int, seek: bool) -> None:
         if seek:
@@ -269,7 +349,7 @@ def _decode(container, stream, path: Path, index: _StreamIndex, targets: np.ndar
             state["decoded"] += 1
             slot = wanted.get(int(stamp))
             if slot is not None and out[slot] is None:
-                out[slot] = _to_rgb(frame)
+                out[slot] = _to_rgb(frame, size, path)
                 state["done"] += 1
                 if progress is not None:
                     progress(state["done"], len(targets))
@@ -304,8 +384,18 @@ def _decode(container, stream, path: Path, index: _StreamIndex, targets: np.ndar
     return out, state["decoded"]
 
 
-def _to_rgb(frame) -> np.ndarray:
-    rgb = frame.to_ndarray(format="rgb24")
+def _to_rgb(frame, size: list[tuple[int, int]], path: Path) -> np.ndarray:
+    """RGB, rotation applied, at the size of the first kept frame (``size``, set by the first call):
+    a stream may change resolution midway (resolution switches, or damage), a clip has one size."""
+    if frame.width > MAX_SIDE or frame.height > MAX_SIDE or frame.width * frame.height > MAX_PIXELS:
+        raise VideoTooLargeError(f"{path}: a frame of {frame.width}x{frame.height} exceeds the limit")
+    if not size:
+        size.append((frame.width, frame.height))
+    width, height = size[0]
+    if (frame.width, frame.height) == (width, height):
+        rgb = frame.to_ndarray(format="rgb24")
+    else:
+        rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
     turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # display matrix: counter-clockwise degrees
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
@@ -330,7 +420,7 @@ def _sample_frame_folder(
     candidates = np.flatnonzero((times >= t0 - 1e-9) & (times < t1 - 1e-9))
     if len(candidates) == 0:
         raise VideoError(f"{path}: no frame lies in the window {t0:.2f}-{t1:.2f} s")
-    want = num_frames if num_frames is not None else min(max_frames or len(candidates), len(candidates))
+    want = num_frames if num_frames is not None else min(max_frames or MAX_FRAMES, len(candidates))
     chosen = _select_uniform(candidates, want, on_short, path)
     frames = np.stack([load_image(files[i]).frames[0] for i in chosen])
     return VideoClip(
@@ -367,6 +457,19 @@ def _frame_step(times: np.ndarray, stream) -> float:
     return 1.0 / rate if rate > 0 else 0.04
 
 
+def _check_args(num_frames: int | None, fps: float | None, max_frames: int | None) -> None:
+    """Refuse requests beyond the module's bounds, naming the parameter (before any file is read)."""
+    if num_frames is not None and fps is not None:
+        raise ValueError("give num_frames or fps, not both")
+    for name, value in (("num_frames", num_frames), ("max_frames", max_frames)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer)):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        if value is not None and not 1 <= value <= MAX_FRAMES:
+            raise ValueError(f"{name} must be from 1 to {MAX_FRAMES} (MAX_FRAMES), got {value}")
+    if fps is not None and not (0 < fps <= MAX_FPS):  # (NaN fails too)
+        raise ValueError(f"fps must be a number above 0 and at most {MAX_FPS:g} (MAX_FPS), got {fps}")
+
+
 def sample_frames(
     path: str | Path,
     num_frames: int | None = None,
@@ -381,9 +484,10 @@ def sample_frames(
     """Sample frames from a video, a folder of frame images, or an image (a one-frame clip).
 
     Args:
-        num_frames: N frames uniformly over the clip (first and last included).
-        fps: instead, one frame every 1/fps seconds, capped at ``max_frames`` (uniformly).
-            With neither, every frame (capped at ``max_frames``).
+        num_frames: N frames uniformly over the clip (first and last included), 1 to ``MAX_FRAMES``.
+        fps: instead, one frame every 1/fps seconds (at most ``MAX_FPS``), capped at ``max_frames``
+            (uniformly). With neither, every frame, capped at ``max_frames``. ``max_frames``
+            defaults to ``MAX_FRAMES``, and may be 1 to ``MAX_FRAMES``.
         start, end: optional window ``[start, end)`` in seconds from the start of the stream.
         on_short: what to do when ``num_frames`` exceeds the frames available (module doc).
         progress: called as ``progress(done, total)`` after each kept frame.
@@ -391,20 +495,17 @@ def sample_frames(
 
     Raises:
         VideoError: with a one-line message, for any file that cannot give the frames.
+        ValueError: for arguments beyond the bounds above, naming the parameter.
     """
+    import av
+
     path = Path(path)
-    if num_frames is not None and fps is not None:
-        raise ValueError("give num_frames or fps, not both")
-    if num_frames is not None and num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if fps is not None and not (fps > 0 and math.isfinite(fps)):
-        raise ValueError(f"fps must be a positive number, got {fps}")
-    if max_frames is not None and max_frames < 1:
-        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    _check_args(num_frames, fps, max_frames)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return load_image(path)
     if path.is_dir():
         return _sample_frame_folder(path, num_frames, max_frames, start, end, on_short, frame_fps)
+    cap = MAX_FRAMES if max_frames is None else max_frames
 
     container, stream = _open(path)
     try:
@@ -413,7 +514,7 @@ def sample_frames(
         duration = float(times[-1] + _frame_step(times, stream))
         t0 = 0.0 if start is None else float(start)
         t1 = duration if end is None else float(end)
-        if t0 < 0 or t1 <= t0 or t0 >= duration:
+        if not (0 <= t0 < duration and t0 < t1):  # (also refuses NaN)
             raise VideoError(f"{path}: window start={start} end={end} is outside the video (0 to {duration:.2f} s)")
         candidates = np.flatnonzero((times >= t0 - 1e-9) & (times < t1 - 1e-9))  # [t0, t1)
         if len(candidates) == 0:
@@ -421,16 +522,21 @@ def sample_frames(
         if num_frames is not None:
             chosen = _select_uniform(candidates, num_frames, on_short, path)
         elif fps is not None:
-            chosen = _select_fps(index, candidates, fps, t0, t1, max_frames)
+            chosen = _select_fps(index, candidates, fps, t0, t1, cap)
         else:
-            cap = max_frames if max_frames is not None else len(candidates)
             chosen = _select_uniform(candidates, min(cap, len(candidates)), "all", path)
         unique, inverse = np.unique(chosen, return_inverse=True)  # "repeat" may list a frame twice
         frames, decoded = _decode(container, stream, path, index, unique, progress)
+        fps_avg = (len(times) / duration) if duration > 0 else float(stream.average_rate or 0)
+    except (av.error.FFmpegError, UnicodeDecodeError) as err:
+        # A last guard, on purpose wider than the checks above: FFmpeg errors can surface from any
+        # PyAV call on a damaged file (stream properties, seek, close), and PyAV decodes strings
+        # it finds there (codec and tag names) as strict UTF-8. Both mean the file is damaged, and
+        # the promise is one VideoError naming the file, never a PyAV exception.
+        raise CorruptVideoError(f"{path}: the file is damaged ({type(err).__name__}: {_reason(err)})") from None
     finally:
         container.close()
     stacked = np.stack(frames)[inverse]
-    fps_avg = (len(times) / duration) if duration > 0 else float(stream.average_rate or 0)
     return VideoClip(
         frames=stacked,
         timestamps=index.seconds(chosen),
@@ -514,4 +620,6 @@ def _format_for(path: Path) -> str:
         ".webm": "webm",
         ".avi": "avi",
         ".gif": "gif",
+        ".ts": "mpegts",
+        ".mpg": "mpeg",
     }.get(path.suffix.lower(), path.suffix.lower().lstrip("."))
