@@ -116,3 +116,24 @@ def test_token_budget_in_ask(model_dir, clips):
         ask(model, processor, clips["qcif"], "Q?", token_budget=100, temporal_pool=2)
     result = runner.invoke(app, ["ask", str(model_dir), str(clips["qcif"]), "Q", "--token-budget", "64", "--stats"])
     assert result.exit_code == 0 and "k=4 p=1 s=2" in result.output  # 32 frames x 16 tokens into 64
+
+
+def test_a_prompt_over_the_context_is_refused_before_any_frame_is_encoded(model_dir, clips, monkeypatch):
+    from storm_vlm.inference import PromptTooLongError, context_length, prepare_inputs
+    from storm_vlm.video import sample_frames
+
+    model, processor = load_model(model_dir)
+    context = context_length(model)
+    assert context == model.config.text_config.max_position_embeddings
+
+    def no_vision(*args, **kwargs):
+        raise AssertionError("the vision tower ran for a prompt that cannot fit")
+
+    monkeypatch.setattr(model, "encode_video", no_vision)
+    with pytest.raises(PromptTooLongError, match=f"model's context is {context}"):
+        ask(model, processor, clips["qcif"], "x" * (context + 10), num_frames=4)
+    monkeypatch.undo()
+    clip = sample_frames(clips["qcif"], num_frames=4)
+    prepared = prepare_inputs(model, processor, clip, "x" * 100, model.reduction_settings())
+    assert prepared.new_token_limit(10**6) == context - prepared.prompt_tokens  # answers capped to what fits
+    assert prepared.new_token_limit(7) == 7

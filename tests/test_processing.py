@@ -62,3 +62,11 @@ def test_save_and_load_with_the_model(tiny, tmp_path):
         assert loaded.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) == model.config.image_token_id
         prompt = processor.build_prompt("Q")
         assert torch.equal(loaded.tokenize(prompt, [8])["input_ids"], processor.tokenize(prompt, [8])["input_ids"])
+
+
+def test_a_question_holding_a_placeholder_is_refused(tiny):
+    """``<video>`` in the user's text would take visual tokens meant for the clip."""
+    _, processor = tiny
+    for text in ("what is <video>?", "an <image> here"):
+        with pytest.raises(ValueError, match="media placeholder"):
+            processor.build_prompt(text)

@@ -116,3 +116,16 @@ def test_token_budget_is_respected(budget, frames):
     except ValueError:
         return
     assert num_visual_tokens(frames, (4, 4), chosen) <= budget
+
+
+def test_pools_larger_than_the_input_equal_pooling_over_all_of_it():
+    """k >= T and p >= the grid side are clamped to the input: same result, no padding allocated."""
+    from storm_vlm.modeling.reduction import MAX_REDUCTION
+
+    x = torch.randn(1, 5, 16, 8)
+    huge, grid = reduce_tokens(x, (4, 4), ReductionSettings(MAX_REDUCTION, MAX_REDUCTION, 1))
+    exact, _ = reduce_tokens(x, (4, 4), ReductionSettings(5, 4, 1))
+    assert grid == (1, 1) and torch.allclose(huge, exact)
+    assert torch.allclose(huge[0, 0, 0], x.mean(dim=(1, 2))[0], atol=1e-6)
+    with pytest.raises(ValueError, match="temporal_pool must be an integer from 1 to 4096"):
+        ReductionSettings(MAX_REDUCTION + 1)
