@@ -14,6 +14,7 @@ from storm_vlm.presets import build_tiny
 from storm_vlm.serve import ServerConfig, create_app
 
 from .media import make
+from .server import init_tiny, running_server
 
 
 @pytest.fixture(scope="module")
@@ -168,58 +169,12 @@ def test_live_stream_lifecycle(client, media_root):
     assert stream_api.post(f"/v1/streams/{sid}/ask", json={"question": "?"}).status_code == 404
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def live_server(media_root, tmp_path_factory):
     """A real `storm-vlm serve` process (uvicorn) on a free loopback port."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    model_dir = tmp_path_factory.mktemp("model") / "tiny"
-    subprocess.run([sys.executable, "-m", "storm_vlm.cli", "init", "--preset", "tiny", "--out", str(model_dir)],
-                   check=True, capture_output=True, timeout=120)  # fmt: skip
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "storm_vlm.cli",
-            "serve",
-            str(model_dir),
-            "--port",
-            str(port),
-            "--media-root",
-            str(media_root),
-            "--max-frames",
-            "16",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise RuntimeError("server did not start: " + proc.stdout.read1().decode(errors="replace"))
+    model_dir = init_tiny(tmp_path_factory.mktemp("model") / "tiny")
+    with running_server(model_dir, "--media-root", str(media_root), "--max-frames", "16") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_openai_client_against_a_real_server(live_server):

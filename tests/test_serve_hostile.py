@@ -11,8 +11,6 @@ import http.client
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -24,15 +22,10 @@ import pytest
 from storm_vlm.video import write_video
 
 from .media import make
+from .server import init_tiny, running_server
 
 TIMEOUT_S = 2.0  # --timeout of the server under test
 READ_TIMEOUT_S = 1.0  # --read-timeout
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -49,30 +42,11 @@ def media(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def server(media, tmp_path_factory) -> Iterator[str]:
-    model_dir = tmp_path_factory.mktemp("model") / "tiny"
-    subprocess.run([sys.executable, "-m", "storm_vlm", "init", "--preset", "tiny", "--out", str(model_dir)],
-                   check=True, capture_output=True, timeout=120)  # fmt: skip
-    port = _free_port()
-    args = ["serve", str(model_dir), "--port", str(port), "--media-root", str(media["root"]), "--max-frames", "128",
-            "--max-upload-mb", "1", "--max-queue", "2", "--timeout", str(TIMEOUT_S), "--max-new-tokens", "4096",
-            "--read-timeout", str(READ_TIMEOUT_S)]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "storm_vlm", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.25)
-        else:
-            raise RuntimeError("server did not start: " + proc.stdout.read1().decode(errors="replace"))
+    model_dir = init_tiny(tmp_path_factory.mktemp("model") / "tiny")
+    with running_server(model_dir, "--media-root", str(media["root"]), "--max-frames", "128",
+                        "--max-upload-mb", "1", "--max-queue", "2", "--timeout", str(TIMEOUT_S),
+                        "--max-new-tokens", "4096", "--read-timeout", str(READ_TIMEOUT_S)) as url:  # fmt: skip
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def post(url: str, body: bytes | dict, path: str = "/v1/chat/completions", timeout: float = 60) -> tuple[int, dict]:
