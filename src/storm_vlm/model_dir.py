@@ -8,12 +8,13 @@ torch, so the CLI can reject a wrong path in milliseconds.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["ModelLoadError", "atomic_directory", "check_model_dir"]
+__all__ = ["ModelLoadError", "atomic_directory", "check_model_dir", "share_like_umask"]
 
 
 class ModelLoadError(Exception):
@@ -52,6 +53,7 @@ def atomic_directory(out: str | Path, write: Callable[[Path], None], overwrite: 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         write(tmp)
+        share_like_umask(tmp)  # mkdtemp made it 0700: others of the group could not load the model
         if out.exists():
             old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
             out.rename(old)
@@ -63,3 +65,27 @@ def atomic_directory(out: str | Path, write: Callable[[Path], None], overwrite: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+def share_like_umask(root: str | Path) -> None:
+    """Give ``root`` and everything in it the modes a plain ``mkdir`` / ``open`` would have.
+
+    Folders from ``mkdtemp`` are ``0700`` and some writers use ``mkstemp`` (``0600``): a model
+    directory should be readable as the umask allows (``0755`` / ``0644`` under umask 022), like
+    any other file its owner writes.
+    """
+    mask = _umask()
+    dir_mode, file_mode = 0o777 & ~mask, 0o666 & ~mask
+    root = Path(root)
+    for folder, _, files in os.walk(root):
+        os.chmod(folder, dir_mode)
+        for name in files:
+            path = Path(folder) / name
+            if not path.is_symlink():
+                os.chmod(path, file_mode)

@@ -25,18 +25,83 @@ Memory: O(B·E·L) for inputs and gradients + O(B·E·N·L/CHUNK) checkpoints.
 from __future__ import annotations
 
 import math
+import os
+import stat
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["CHUNK", "is_available", "selective_scan_cpu"]
+__all__ = ["CHUNK", "is_available", "numba_cache_dir", "selective_scan_cpu"]
 
 CHUNK = 128
+
+
+def _writable(path: Path) -> bool:
+    """Whether ``path`` can be made and written: its nearest existing ancestor is a writable folder."""
+    try:
+        for p in (path, *path.parents):
+            if p.exists():
+                return p.is_dir() and os.access(p, os.W_OK | os.X_OK)
+    except OSError:
+        return False
+    return False
+
+
+def _private_temp_dir() -> str:
+    """``<tmp>/storm-vlm-numba-<uid>``, if it is this user's own and nobody else can write it.
+
+    numba's cache holds pickles it loads: a folder another user could have planted or can write
+    is not used; then a fresh one (no cache kept between runs, but every command works).
+    """
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    path = Path(tempfile.gettempdir()) / f"storm-vlm-numba-{uid if uid is not None else 'user'}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = path.lstat()
+        if stat.S_ISDIR(info.st_mode) and (uid is None or info.st_uid == uid) and not info.st_mode & 0o022:
+            return str(path)
+    except OSError:
+        pass
+    return tempfile.mkdtemp(prefix="storm-vlm-numba-")
+
+
+def numba_cache_dir(
+    package_dir: Path, environ: Mapping[str, str], writable: Callable[[Path], bool] = _writable
+) -> str | None:
+    """The ``NUMBA_CACHE_DIR`` to set before numba loads, or None to leave numba's own choice.
+
+    ``@njit(cache=True)`` caches in ``__pycache__`` next to this module, else in the user's cache
+    folder (``$XDG_CACHE_HOME`` or ``~/.cache``, then ``numba``); where neither can be written
+    (a system-wide install, a read-only or missing HOME) the decorators fail at import and every
+    command with them. Then a private folder in the temporary directory is used.
+    """
+    if environ.get("NUMBA_CACHE_DIR"):
+        return None
+    if writable(package_dir / "__pycache__"):
+        return None
+    home = environ.get("HOME")
+    cache_home = environ.get("XDG_CACHE_HOME") or str(Path(home) / ".cache" if home else Path("~/.cache").expanduser())
+    if writable(Path(cache_home) / "numba"):
+        return None
+    return _private_temp_dir()
+
+
+_CACHE_DIR = numba_cache_dir(Path(__file__).resolve().parent, os.environ)
+if _CACHE_DIR is not None:
+    os.environ["NUMBA_CACHE_DIR"] = _CACHE_DIR  # read when numba's config loads (next import)
 
 try:  # numba is a default dependency, but the scan must still work where it cannot be installed
     import numba
     from numba import njit, prange
 
+    _config: Any = sys.modules["numba.core.config"]
+    if _CACHE_DIR is not None and not _config.CACHE_DIR:
+        _config.CACHE_DIR = _CACHE_DIR  # numba was imported before this module: its config is read
     _NUMBA = True
 except ImportError:  # pragma: no cover - exercised only on platforms without numba
     _NUMBA = False

@@ -16,6 +16,7 @@ malformed entry, a conversation without the placeholder, longer than the context
 from __future__ import annotations
 
 import json
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,10 @@ def read_samples(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a UTF-8 text file") from None
     try:
         if path.suffix == ".jsonl":
             samples = [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -66,6 +70,8 @@ def read_samples(path: str | Path) -> list[dict[str, Any]]:
             samples = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
+    except RecursionError:  # the decoder recurses per level of [ / {
+        raise DataError(f"{path}: JSON nested too deeply to be training samples") from None
     if not isinstance(samples, list) or not samples:
         raise DataError(f"{path}: expected a non-empty JSON list of samples")
     return samples
@@ -87,7 +93,8 @@ def encode_conversation(
     for turn in conversations:
         role = turn.get("from") if isinstance(turn, dict) else None
         if not isinstance(role, str) or role not in ROLES or not isinstance(turn.get("value"), str):
-            raise DataError(f"malformed turn {turn!r}: need {{'from': human|gpt|system, 'value': str}}")
+            # reprlib: a bounded excerpt, however large or deeply nested the turn is
+            raise DataError(f"malformed turn {reprlib.repr(turn)}: need {{'from': human|gpt|system, 'value': str}}")
         messages.append({"role": ROLES[turn["from"]], "content": turn["value"]})
     if not any(m["role"] == "assistant" for m in messages):
         raise DataError("the conversation has no assistant turn to learn from")
@@ -152,7 +159,7 @@ class LlavaVideoDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
         try:
             return self._load(index)
-        except (DataError, VideoError, ValueError, OSError) as err:
+        except (DataError, VideoError, ValueError, OSError, RecursionError) as err:
             reason = f"sample {index} ({self._sample_id(index)}): {err}"
             if self.strict:
                 raise DataError(reason) from None
@@ -160,7 +167,8 @@ class LlavaVideoDataset(Dataset):
 
     def _sample_id(self, index: int) -> str:
         sample = self.samples[index]
-        return str(sample.get("id", "?")) if isinstance(sample, dict) else "?"
+        value = sample.get("id", "?") if isinstance(sample, dict) else "?"
+        return value if isinstance(value, str) else reprlib.repr(value)
 
     def _load(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]

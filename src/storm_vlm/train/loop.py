@@ -10,10 +10,12 @@ tokens of its whole global batch (every micro-batch of the accumulation window o
 batch 8, 2 × 4 accumulation and 2 processes × 4 give the same gradient. Every ``save_every`` optimizer steps a
 checkpoint (model, optimizer, scheduler, RNG states, data position) is written to a temporary
 folder and renamed into ``output_dir/checkpoints/step-NNNNNN``; the last ``keep_last`` are kept.
-``resume: true`` continues from the newest one so that every later step sees the same batches and
-gives the same loss as an uninterrupted run. The final model is a ``from_pretrained`` directory
-(``output_dir/final``) with processor files. Progress goes to the console and to
-``output_dir/train_log.jsonl``.
+A rerun of the same recipe continues from the newest one (``resume``, on by default) so that every
+later step sees the same batches and gives the same loss as an uninterrupted run. SIGTERM or SIGINT
+(a preemption, Ctrl-C) ends the run after the step in progress with such a checkpoint and
+:class:`TrainingInterrupted`. The final model is a ``from_pretrained`` directory
+(``output_dir/final``) with processor files; a run whose final model is complete is not trained
+again unless ``overwrite``. Progress goes to the console and to ``output_dir/train_log.jsonl``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import itertools
 import json
 import math
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,27 +43,46 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
-from ..model_dir import atomic_directory
+from ..model_dir import atomic_directory, share_like_umask
 from ..modeling.modeling_storm import StormForConditionalGeneration
 from ..modeling.reduction import ReductionSettings
 from ..processing_storm import StormProcessor
-from .data import SeededSampler, StormCollator, build_dataset
+from .data import DataError, SeededSampler, StormCollator, build_dataset
 from .recipe import RecipeError, TrainRecipe
 from .stages import configure_stage, param_groups
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "TrainingInterrupted", "train"]
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+UNFINISHED = ".unfinished"  # in output_dir while a run has not written its final model
+# recipe keys that do not change the final model: a finished run rerun with other values is still done
+_NOT_THE_MODEL = {"resume", "overwrite", "log_every", "save_every", "keep_last", "data.num_workers"}
 
 
 @dataclass
 class TrainResult:
     output_dir: Path
     final_dir: Path | None
-    steps: int
+    steps: int  # optimizer steps the run has made (0 when ``already_done``: nothing trained now)
     skipped: list[str] = field(default_factory=list)
     last_loss: float = float("nan")
     last_accuracy: float = float("nan")
+    already_done: bool = False  # final/ was complete: not trained again (``overwrite`` would)
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM or SIGINT stopped the run after a step, whose checkpoint was written.
+
+    ``exit_code`` is the shell's for the signal (143 for SIGTERM, 130 for SIGINT).
+    """
+
+    def __init__(self, step: int, checkpoint: Path, signum: int) -> None:
+        self.step, self.checkpoint, self.signum = step, checkpoint, signum
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"interrupted ({name}) at step {step}; checkpoint written to {checkpoint}; rerun the same command to resume"
+        )
 
 
 def build_model(recipe: TrainRecipe) -> tuple[StormForConditionalGeneration, StormProcessor]:
@@ -149,12 +172,147 @@ def _checkpoints(output_dir: Path) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if p.is_dir()) if root.is_dir() else []
 
 
+def _complete_model_dir(path: Path) -> bool:
+    """A final model as this loop writes it (atomically: if it is there, all of it is)."""
+    weights = (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
+    return (path / "config.json").is_file() and (path / "recipe.yaml").is_file() and weights
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+
+
+def _finished(out: Path, recipe: TrainRecipe) -> bool:
+    """Whether ``out`` holds a finished run; one of another recipe is refused unless ``overwrite``."""
+    final = out / "final"
+    if (out / UNFINISHED).exists() or not _complete_model_dir(final):
+        return False
+    try:
+        before = _flat(yaml.safe_load((final / "recipe.yaml").read_text()))
+    except (yaml.YAMLError, OSError, ValueError, RecursionError):
+        return False  # not a recipe this loop wrote: train, and replace it
+    if recipe.overwrite:
+        return True
+    now = _flat(yaml.safe_load(yaml.safe_dump(recipe.to_dict())))  # tuples as YAML lists, as saved
+    for key in sorted(before.keys() & now.keys() - _NOT_THE_MODEL):
+        if before[key] != now[key]:
+            raise RecipeError(
+                f"{final} was trained with {key}: {before[key]!r}, this recipe has {now[key]!r}; "
+                "pass --overwrite (overwrite=true) to replace it, or choose another output_dir"
+            )
+    return True
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Temporary folders of writes that an interruption or a crash cut short."""
+    for tmp in [*out.glob(".final.tmp-*"), *(out / "checkpoints").glob(".step-*.tmp")]:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if _complete_model_dir(out / "final"):  # else an ``.old`` may be the only copy of the last one
+        for old in out.glob(".final.old-*"):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the records of steps up to ``step``: the resumed run logs the later ones again."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by the interruption
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)
+
+
+class _StopSignals:
+    """SIGTERM / SIGINT handlers that only note the signal: the loop stops at the end of the step.
+
+    A second signal gets the previous handler (Ctrl-C twice: KeyboardInterrupt at once). Signal
+    handlers can only be set from the main thread; elsewhere nothing is installed.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            previous = self._previous.get(signum)
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        self.received = signum
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)  # None: not set from Python
+        self._previous.clear()
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM / SIGINT to the main process, which stops after the step.
+
+    Ctrl-C and a scheduler's SIGTERM reach the whole process group: a worker dying of it would
+    fail the main process's next fetch before it could write its checkpoint. The workers still
+    end with the main process (their loader shuts them down; they exit when it is gone).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _prepare_output(out: Path, recipe: TrainRecipe, finished: bool, is_main: bool) -> Path | None:
+    """Decide from ``output_dir`` how this run starts; returns the checkpoint to resume from.
+
+    An unfinished run's checkpoints are resumed, also under ``overwrite`` (so that rerunning an
+    interrupted ``--overwrite`` command continues it) unless ``resume`` is false. A fresh run drops
+    earlier checkpoints and log; ``final/`` stays until the new one is written. Every process
+    decides alike from the shared folder.
+    """
+    fresh = recipe.overwrite and (finished or not recipe.resume)
+    checkpoints = [] if fresh else _checkpoints(out)
+    if checkpoints and not recipe.resume:
+        raise RecipeError(
+            f"{out} holds checkpoints of an unfinished run (newest {checkpoints[-1].name}) and resume is false: "
+            "set resume=true to continue it, or also pass --overwrite (overwrite=true) to start again"
+        )
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / UNFINISHED).touch()
+        _remove_leftovers(out)
+        if not checkpoints:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)  # another run's: a later resume must not use them
+            (out / "train_log.jsonl").unlink(missing_ok=True)
+            (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    return checkpoints[-1] if checkpoints else None
+
+
 def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Console | None = None) -> TrainResult:
     """Run a recipe. ``stop_after_steps`` ends the run after that optimizer step (and its
-    checkpoint), as a preemption would; ``resume: true`` then continues it."""
+    checkpoint), as a preemption would; running the recipe again then continues it.
+
+    Raises :class:`TrainingInterrupted` after SIGTERM / SIGINT (checkpoint written),
+    :class:`RecipeError` when the loss diverges and :class:`DataError` when no sample of the data
+    can be used: none of them saves a final model.
+    """
     recipe.validate()
     console = console or Console()
     out = Path(recipe.output_dir)
+    final = out / "final"
     # One process may train several times (notebooks, tests) with different precision settings:
     # forget the previous run's accelerator settings, keeping the process group.
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -165,6 +323,15 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
         cpu=not torch.cuda.is_available(),  # CPU-only: several processes form a gloo group (DDP on CPU)
     )
     is_main = accelerator.is_main_process
+    finished = _finished(out, recipe)
+    if finished and not recipe.overwrite:
+        if is_main:
+            message = f"{final} is complete: already trained; pass --overwrite (overwrite=true) to train again"
+            console.print(message, markup=False, highlight=False, soft_wrap=True)
+        return TrainResult(out, final, 0, already_done=True)
+    accelerator.wait_for_everyone()  # every process has looked at output_dir before the main one changes it
+    latest = _prepare_output(out, recipe, finished, is_main)
+    accelerator.wait_for_everyone()
     set_seed(recipe.seed)
 
     model, processor = build_model(recipe)
@@ -189,6 +356,7 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
         sampler=sampler,
         collate_fn=StormCollator(processor.tokenizer.pad_token_id),
         num_workers=recipe.data.num_workers,
+        worker_init_fn=_ignore_stop_signals if recipe.data.num_workers > 0 else None,
     )
     optimizer = torch.optim.AdamW(param_groups(model, recipe.optim), betas=recipe.optim.betas)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -200,18 +368,17 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
     accelerator.register_for_checkpointing(scheduler)
 
     step, epoch, batches_done, skipped = 0, 0, 0, []
+    trained = 0  # samples trained on, over every process and every earlier part of the run
     log_path = out / "train_log.jsonl"
-    if recipe.resume and _checkpoints(out):
-        latest = _checkpoints(out)[-1]
+    if latest is not None:
         accelerator.load_state(str(latest))
         state = json.loads((latest / "trainer_state.json").read_text())
         step, epoch, batches_done, skipped = state["step"], state["epoch"], state["batches_done"], state["skipped"]
+        trained = state.get("trained", 1)  # not recorded by earlier versions: assume some
         if is_main:
-            console.print(f"resuming from {latest} (step {step}, epoch {epoch}, batch {batches_done})")
-    elif is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        log_path.unlink(missing_ok=True)
-        (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+            _truncate_log(log_path, step)
+            message = f"resuming from {latest} (step {step}, epoch {epoch}, batch {batches_done})"
+            console.print(message, markup=False, highlight=False, soft_wrap=True)
     if is_main:
         params = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items())
         console.print(f"stage {recipe.stage}: trainable {params}; {len(dataset)} samples, {total_steps} steps")
@@ -228,11 +395,12 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
         console=console,
         disable=not (is_main and console.is_terminal),
     )
-    with progress:
+    with progress, _StopSignals() as stop:
         task = progress.add_task("train", total=total_steps, completed=step, info="")
         while step < total_steps:
             # resuming mid-epoch: skip the samples of the batches every process already consumed
             sampler.start_epoch(epoch, skip=batches_done * recipe.optim.batch_size * accelerator.num_processes)
+            whole_epoch, epoch_samples = batches_done == 0, 0
             for micro_batches in _windows(loader, recipe.optim.grad_accum):
                 batches_done += len(micro_batches)
                 for batch in micro_batches:
@@ -267,11 +435,15 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
                         window["total"],
                         window["tokens"],
                         window["samples"],
+                        float(stop.received == signal.SIGTERM),  # a signal on any process stops them all
+                        float(stop.received == signal.SIGINT),
                     ],
                     device=accelerator.device,
                     dtype=torch.float64,
                 )
                 stats = accelerator.reduce(stats, reduction="sum")
+                trained += int(stats[4])
+                epoch_samples += int(stats[4])
                 last_loss = float(stats[0])  # the shares of every micro-batch of every process: the token mean
                 last_acc = float(stats[1] / stats[2]) if stats[2] > 0 else float("nan")
                 if not math.isfinite(last_loss):  # every rank sees the same reduced loss: all stop together
@@ -303,17 +475,26 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
                             )
                     progress.update(task, completed=step, info=f"loss {last_loss:.4f} acc {last_acc:.3f}")
                 end_of_run = step >= total_steps
+                position = (step, epoch, batches_done, skipped, trained)
+                saved = None
                 if recipe.save_every and (step % recipe.save_every == 0 or step == stop_after_steps) and not end_of_run:
-                    _save_checkpoint(accelerator, out, step, epoch, batches_done, skipped, recipe.keep_last)
+                    saved = _save_checkpoint(accelerator, out, *position, recipe.keep_last)
+                if stats[5] > 0 or stats[6] > 0:
+                    saved = saved or _save_checkpoint(accelerator, out, *position, recipe.keep_last)
+                    raise TrainingInterrupted(step, saved, signal.SIGTERM if stats[5] > 0 else signal.SIGINT)
                 if end_of_run or step == stop_after_steps:
                     break
+            else:  # the epoch's data is used up
+                if whole_epoch and epoch_samples == 0:
+                    _refuse_bad_data(recipe, skipped)
             if step >= total_steps or step == stop_after_steps:
                 break
             epoch, batches_done = epoch + 1, 0
+    if trained == 0:
+        _refuse_bad_data(recipe, skipped)
 
     if stop_after_steps is not None and step == stop_after_steps and step < total_steps:
         return TrainResult(out, None, step, skipped, last_loss, last_acc)
-    final = out / "final"
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     state_dict = accelerator.get_state_dict(model)  # gathers FSDP / ZeRO-3 shards
@@ -327,6 +508,7 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
             (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
 
         atomic_directory(final, write, overwrite=True)
+        (out / UNFINISHED).unlink(missing_ok=True)
         _report_skipped(console, skipped)
         console.print(f"saved {final}")
     accelerator.wait_for_everyone()
@@ -346,9 +528,25 @@ def configure_stage_with_lora(model: StormForConditionalGeneration, stage: int) 
     return counts
 
 
+def _refuse_bad_data(recipe: TrainRecipe, skipped: list[str]) -> None:
+    """No sample could be used: a "trained" model would be the initial one. One line, the first reason."""
+    source = recipe.data.json or "data.synth"
+    first = f"; the first: {' '.join(skipped[0].split())}" if skipped else ""
+    raise DataError(
+        f"{source}: no sample could be used ({len(skipped)} skipped as bad{first}); no final model was saved"
+    )
+
+
 def _save_checkpoint(
-    accelerator: Accelerator, out: Path, step: int, epoch: int, batches_done: int, skipped: list[str], keep: int
-) -> None:
+    accelerator: Accelerator,
+    out: Path,
+    step: int,
+    epoch: int,
+    batches_done: int,
+    skipped: list[str],
+    trained: int,
+    keep: int,
+) -> Path:
     """Every process writes its part to a temporary folder; the main process renames it."""
     root = out / "checkpoints"
     final = root / f"step-{step:06d}"
@@ -360,13 +558,15 @@ def _save_checkpoint(
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        state = {"step": step, "epoch": epoch, "batches_done": batches_done, "skipped": skipped}
+        state = {"step": step, "epoch": epoch, "batches_done": batches_done, "skipped": skipped, "trained": trained}
         (tmp / "trainer_state.json").write_text(json.dumps(state))
+        share_like_umask(tmp)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in _checkpoints(out)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+    return final
 
 
 def _report_skipped(console: Console, skipped: list[str]) -> None:

@@ -93,7 +93,8 @@ class TrainRecipe:
     log_every: int = 1
     save_every: int = 0  # optimizer steps between checkpoints (0: only the final model)
     keep_last: int = 2
-    resume: bool = False  # continue from the newest checkpoint in output_dir
+    resume: bool = True  # continue from the newest checkpoint in output_dir (false: refuse to, if there is one)
+    overwrite: bool = False  # train again even if output_dir/final is complete (replaced once the new one is)
 
     def validate(self) -> TrainRecipe:
         if self.stage not in (1, 2, 3):
@@ -196,6 +197,8 @@ def _apply_override(tree: dict[str, Any], override: str) -> None:
         value = yaml.safe_load(raw) if raw else None
     except yaml.YAMLError as err:
         raise RecipeError(f"override {key}: {raw!r} is not a YAML value ({str(err).splitlines()[0]})") from None
+    except RecursionError:
+        raise RecipeError(f"override {key}: the value is nested too deeply") from None
     node = tree
     parts = key.strip().split(".")
     for part in parts[:-1]:
@@ -219,6 +222,10 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
             raise RecipeError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        except RecursionError:
+            raise RecipeError(f"{path}: nested too deeply to be a recipe") from None
+        except UnicodeDecodeError:
+            raise RecipeError(f"{path}: not a UTF-8 text file") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise RecipeError(f"{path}: a recipe must be a YAML mapping")
         tree = loaded or {}
