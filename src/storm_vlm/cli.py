@@ -411,7 +411,7 @@ def train(
         result = run_training(loaded, console=console)
     except TrainingInterrupted as stop:
         err_console.print(str(stop), markup=False, highlight=False)
-        raise typer.Exit(stop.exit_code) from None
+        raise SystemExit(stop.exit_code) from None  # not typer.Exit: main() would add its own "interrupted"
     if result.final_dir is not None and not result.already_done:
         console.print(f"final loss {result.last_loss:.4f}, answer-token accuracy {result.last_accuracy:.3f}")
 
