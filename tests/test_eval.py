@@ -172,6 +172,38 @@ def test_other_layouts(tmp_path):
         load_benchmark("imagenet", tmp_path)
 
 
+def test_malformed_fields_are_one_line_naming_file_index_and_field(tmp_path):
+    make(tmp_path / "v.mp4", num_frames=8, height=32, width=32)
+    good = {"video": "v.mp4", "question": "Q", "options": ["x", "y"], "answer": "A"}
+    cases = [
+        ({"start": "abc"}, "'start' must be a number of seconds, got 'abc'"),
+        ({"start": -1}, "'start' must be a number of seconds (>= 0), got -1"),
+        ({"end": float("nan")}, "'end' must be a number of seconds (>= 0), got nan"),
+        ({"start": 2, "end": 1}, "'end' (1.0) must be after 'start' (2.0)"),
+        ({"duration_group": ["short"]}, "'duration_group' must be a string, got ['short']"),
+        ({"options": "xy"}, "'options' must be a list of strings, got 'xy'"),
+        ({"answer": 5}, "'answer' must be an option index from 0 to 1, got 5"),
+        ({"answer": True}, "'answer' must be a string, got True"),
+        ({"video": 3.5}, "'video' must be a file path (a string), got 3.5"),
+    ]
+    entries = [good, *({**good, **change} for change, _ in cases), "a string", {"video": "v.mp4"}]
+    path = tmp_path / "mc.json"
+    path.write_text(json.dumps(entries))
+    _, items, problems = load_benchmark("mc-json", path)
+    assert len(items) == 1 and len(problems) == len(cases) + 2
+    for i, (_, message) in enumerate(cases, start=1):
+        assert problems[i - 1].startswith(f"{path}[{i}]: ") and message in problems[i - 1], problems[i - 1]
+    assert problems[-2] == f"{path}[{len(cases) + 1}]: the entry is a JSON str, not an object"
+    assert problems[-1] == f"{path}[{len(cases) + 2}]: missing field 'options'"
+    assert all("\n" not in p for p in problems)
+    # nothing usable: the error names the first problem
+    path.write_text(json.dumps([{**good, "start": "soon"}]))
+    with pytest.raises(ValueError, match=r"1 malformed; the first: .*mc\.json\[0\]: 'start' must be a number"):
+        load_benchmark("mc-json", path)
+    with pytest.raises(ValueError, match="item q: start must be a number of seconds"):
+        MCItem("q", "t", "v.mp4", "Q", ["a", "b"], "A", start="abc")  # type: ignore[arg-type]
+
+
 class StandInInstance:
     """Mirrors lmms_eval.api.instance.Instance: the fields and ``.args`` the plugin reads."""
 

@@ -13,6 +13,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .configuration_storm import MAX_TEMPORAL_LAYERS
+from .synth import MAX_SYNTH_SAMPLES, MAX_SYNTH_SIZE, MIN_SYNTH_SIZE
+from .video import MAX_FPS, MAX_FRAMES
+
 app = typer.Typer(
     name="storm-vlm",
     help="STORM: token-efficient long-video understanding (Mamba temporal module + token reduction).",
@@ -29,6 +33,8 @@ class UserError(Exception):
 
 
 EXIT_USER_ERROR = 2
+MAX_NEW_TOKENS = 1 << 20  # an upper bound on the option; answers are also cut to what fits the model's context
+MAX_REDUCTION = MAX_FRAMES  # k, p, s: larger than the most frames a clip may hold changes nothing
 
 
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, mps (default: cuda if available).")]
@@ -69,15 +75,27 @@ def ask(
     model_dir: Annotated[Path, typer.Argument(help="STORM model directory (from `storm-vlm init` or training).")],
     media: Annotated[Path, typer.Argument(help="Video (mp4, webm, mkv, avi, mov, gif, ...) or image file.")],
     question: Annotated[str, typer.Argument(help="The question to ask.")],
-    frames: Annotated[int | None, typer.Option(min=1, help="Frames sampled uniformly (default 32).")] = None,
-    fps: Annotated[float | None, typer.Option(min=0.001, help="Instead: frames per second of video.")] = None,
-    max_frames: Annotated[int | None, typer.Option(min=1, help="Cap on frames with --fps.")] = None,
+    frames: Annotated[
+        int | None, typer.Option(min=1, max=MAX_FRAMES, help="Frames sampled uniformly (default 32).")
+    ] = None,
+    fps: Annotated[
+        float | None, typer.Option(min=0.001, max=MAX_FPS, help="Instead: frames per second of video.")
+    ] = None,
+    max_frames: Annotated[int | None, typer.Option(min=1, max=MAX_FRAMES, help="Cap on frames with --fps.")] = None,
     start: Annotated[float | None, typer.Option(min=0, help="Window start (seconds).")] = None,
     end: Annotated[float | None, typer.Option(min=0, help="Window end (seconds).")] = None,
-    temporal_pool: Annotated[int | None, typer.Option(min=1, help="k, temporal pooling (model default).")] = None,
-    spatial_pool: Annotated[int | None, typer.Option(min=1, help="p, spatial pooling (model default).")] = None,
-    sample: Annotated[int | None, typer.Option(min=1, help="s, test-time temporal sampling (model default).")] = None,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
+    temporal_pool: Annotated[
+        int | None, typer.Option(min=1, max=MAX_REDUCTION, help="k, temporal pooling (model default).")
+    ] = None,
+    spatial_pool: Annotated[
+        int | None, typer.Option(min=1, max=MAX_REDUCTION, help="p, spatial pooling (model default).")
+    ] = None,
+    sample: Annotated[
+        int | None, typer.Option(min=1, max=MAX_REDUCTION, help="s, test-time temporal sampling (model default).")
+    ] = None,
+    max_new_tokens: Annotated[
+        int, typer.Option(min=1, max=MAX_NEW_TOKENS, help="Most tokens in the answer (also cut to the context).")
+    ] = 128,
     token_budget: Annotated[
         int | None, typer.Option(min=1, help="Fit at most N visual tokens (chooses k, then s).")
     ] = None,
@@ -184,9 +202,11 @@ def eval_(
     benchmark: Annotated[str, typer.Option(help="mvbench, mlvu, longvideobench, videomme, synthetic or mc-json.")],
     data_root: Annotated[Path, typer.Option(help="Benchmark folder (or the JSON file for mc-json).")],
     frames: Annotated[str, typer.Option(help="Frame counts, comma-separated (a sweep when several).")] = "32",
-    temporal_pool: Annotated[int | None, typer.Option(min=1, help="k (model default).")] = None,
-    spatial_pool: Annotated[int | None, typer.Option(min=1, help="p (model default).")] = None,
-    sample: Annotated[int | None, typer.Option(min=1, help="s, test-time sampling (model default).")] = None,
+    temporal_pool: Annotated[int | None, typer.Option(min=1, max=MAX_REDUCTION, help="k (model default).")] = None,
+    spatial_pool: Annotated[int | None, typer.Option(min=1, max=MAX_REDUCTION, help="p (model default).")] = None,
+    sample: Annotated[
+        int | None, typer.Option(min=1, max=MAX_REDUCTION, help="s, test-time sampling (model default).")
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions.")] = None,
     token_budget: Annotated[
         int | None, typer.Option(min=1, help="Fit at most N visual tokens per question (chooses k, then s).")
@@ -214,12 +234,7 @@ def eval_(
     from .model_dir import check_model_dir
 
     check_model_dir(model_dir)
-    try:
-        frame_counts = [int(f) for f in frames.split(",") if f.strip()]
-    except ValueError:
-        raise UserError(f"--frames must be comma-separated integers, got {frames!r}") from None
-    if not frame_counts or min(frame_counts) < 1:
-        raise UserError("--frames needs at least one positive frame count")
+    frame_counts = _frame_counts(frames)
     run_benchmark(
         model_dir,
         benchmark,
@@ -238,6 +253,20 @@ def eval_(
         token_budget=token_budget,
         scan_cut=mamba_usage,
     )
+
+
+def _frame_counts(text: str) -> list[int]:
+    """``--frames 8,32``: at least one count, each from 1 to MAX_FRAMES (checked before any model loads)."""
+    try:
+        counts = [int(f) for f in text.split(",") if f.strip()]
+    except ValueError:
+        raise UserError(f"--frames must be comma-separated integers, got {text!r}") from None
+    if not counts:
+        raise UserError(f"--frames needs at least one frame count, got {text!r}")
+    bad = [n for n in counts if not 1 <= n <= MAX_FRAMES]
+    if bad:
+        raise UserError(f"--frames: each count must be from 1 to {MAX_FRAMES}, got {bad[0]}")
+    return counts
 
 
 class BenchPreset(str, Enum):
@@ -269,10 +298,7 @@ def bench(
     from .bench import run_bench
     from .bench.report import write_report
 
-    try:
-        frame_counts = [int(f) for f in frames.split(",") if f.strip()]
-    except ValueError:
-        raise UserError(f"--frames must be comma-separated integers, got {frames!r}") from None
+    frame_counts = _frame_counts(frames)
     names = [c.strip() for c in configs.split(",") if c.strip()]
     cells = run_bench(
         preset.value,
@@ -280,7 +306,7 @@ def bench(
         names,
         model_dir=str(model) if model else None,
         token_budget=token_budget,
-        log=lambda msg: err_console.print(f"[dim]{msg}[/dim]"),
+        log=lambda msg: err_console.print(f"[dim]{escape(msg)}[/dim]"),
         device=device,
         fast=fast,
         new_tokens=new_tokens,
@@ -293,7 +319,7 @@ def bench(
     title = f"storm-vlm bench: {model or what}"
     write_report(cells, out, title, plot_title=f"storm-vlm bench ({model.name if model else preset.value})")
     console.print((out / "bench.md").read_text(), markup=False, highlight=False, soft_wrap=True)
-    console.print(f"wrote {out / 'bench.md'}, {out / 'bench.json'} and plots")
+    console.print(f"wrote {out / 'bench.md'}, {out / 'bench.json'} and plots", markup=False)
 
 
 @app.command()
@@ -315,7 +341,7 @@ def repro(
 
     if report_only:
         rewrite_report(out)
-        console.print(f"rewrote {out / 'REPORT.md'} and its plots from {out / 'results.json'}")
+        console.print(f"rewrote {out / 'REPORT.md'} and its plots from {out / 'results.json'}", markup=False)
         return
     if (out / "REPORT.md").exists() and not overwrite:
         raise UserError(f"{out / 'REPORT.md'} exists: pass --overwrite to replace it, or another --out")
@@ -368,9 +394,11 @@ def serve(
 @app.command()
 def synth(
     out: Annotated[Path, typer.Option(help="Folder for the clips and the JSON.")],
-    samples: Annotated[int, typer.Option(min=1, help="Number of clips.")] = 16,
-    frames: Annotated[int, typer.Option(min=2, help="Frames per clip.")] = 32,
-    size: Annotated[int, typer.Option(min=8, help="Frame side in pixels (even).")] = 32,
+    samples: Annotated[int, typer.Option(min=1, max=MAX_SYNTH_SAMPLES, help="Number of clips.")] = 16,
+    frames: Annotated[int, typer.Option(min=2, max=MAX_FRAMES, help="Frames per clip.")] = 32,
+    size: Annotated[
+        int, typer.Option(min=MIN_SYNTH_SIZE, max=MAX_SYNTH_SIZE, help="Frame side in pixels (even).")
+    ] = 32,
     questions: Annotated[str, typer.Option(help="Motion set: comma-separated color, direction.")] = "color",
     suite: Annotated[bool, typer.Option(help="The task suite instead (train.json or MC eval.json).")] = False,
     split: Annotated[str, typer.Option(help="Suite split: train (free-form) or test (multiple choice).")] = "train",
@@ -386,7 +414,7 @@ def synth(
     else:
         kinds = tuple(q.strip() for q in questions.split(",") if q.strip())
         path = make_motion_qa(out, num_samples=samples, num_frames=frames, size=size, seed=seed, questions=kinds)
-    console.print(f"wrote {samples} clips and {path}")
+    console.print(f"wrote {samples} clips and {path}", markup=False)
 
 
 @app.command()
@@ -423,11 +451,13 @@ def init(
     vision: Annotated[Path | None, typer.Option(help="Local HF directory of the vision tower (SigLIP/CLIP).")] = None,
     llm: Annotated[Path | None, typer.Option(help="Local HF directory of the causal LLM and its tokenizer.")] = None,
     projector: Annotated[Projector, typer.Option(help="'storm' (Linear + Mamba) or 'mlp' baseline.")] = Projector.storm,
-    temporal_layers: Annotated[int, typer.Option(min=0, help="L, Mamba blocks.")] = 2,
+    temporal_layers: Annotated[int, typer.Option(min=0, max=MAX_TEMPORAL_LAYERS, help="L, Mamba blocks.")] = 2,
     bidirectional: Annotated[bool, typer.Option(help="Bidirectional scan (off: causal, streamable).")] = True,
-    temporal_pool: Annotated[int, typer.Option(min=1, help="k, temporal average pooling.")] = 1,
-    spatial_pool: Annotated[int, typer.Option(min=1, help="p, p×p spatial average pooling.")] = 1,
-    temporal_sampling: Annotated[int, typer.Option(min=1, help="s, test-time temporal sampling.")] = 1,
+    temporal_pool: Annotated[int, typer.Option(min=1, max=MAX_REDUCTION, help="k, temporal average pooling.")] = 1,
+    spatial_pool: Annotated[int, typer.Option(min=1, max=MAX_REDUCTION, help="p, p×p spatial average pooling.")] = 1,
+    temporal_sampling: Annotated[
+        int, typer.Option(min=1, max=MAX_REDUCTION, help="s, test-time temporal sampling.")
+    ] = 1,
     dtype: Annotated[Dtype | None, typer.Option(help="Weight dtype for --vision/--llm loading.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the random projector / temporal weights.")] = 0,
 ) -> None:
@@ -459,11 +489,18 @@ def init(
         model, processor = build_from_parts(vision, llm, dtype=torch_dtype, **options)
     path = save_model_dir(model, processor, out)
     n_params = sum(p.numel() for p in model.parameters())
-    console.print(f"wrote {path} ({n_params / 1e6:.2f} M parameters, projector={model.config.projector_type})")
+    console.print(
+        f"wrote {path} ({n_params / 1e6:.2f} M parameters, projector={model.config.projector_type})", markup=False
+    )
 
 
-def main() -> None:
-    """Entry point: user errors become one readable line and exit code 2, never a traceback."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one readable line and exit code 2, never a traceback.
+
+    Click's own usage errors (a value out of range, an unknown option) are one line too, instead
+    of Typer's framed panel: ``error: <what> (see `storm-vlm CMD --help`)``. ``argv`` defaults to
+    ``sys.argv[1:]`` (tests pass their own).
+    """
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -473,14 +510,29 @@ def main() -> None:
     from .video import VideoError
 
     try:
-        app()
+        code = app(args=argv, standalone_mode=False)
+    except typer.TyperException as err:  # Typer's (vendored) click errors: usage, a value out of range, ...
+        if type(err).__name__ == "NoArgsIsHelpError":  # `storm-vlm` alone: its message is the help
+            console.print(err.format_message(), markup=False, highlight=False)
+        else:
+            ctx = getattr(err, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            _print_error(" ".join(err.format_message().split()) + hint)
+        sys.exit(err.exit_code)
     except (UserError, VideoError, ModelLoadError, ValueError, OSError) as err:
-        # the message is text, not markup: a path or question may hold square brackets
-        err_console.print(f"[red]error:[/red] {escape(str(err))}", markup=True, highlight=False)
+        _print_error(str(err))
         sys.exit(EXIT_USER_ERROR)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
+        code = 130
+    if code == 130:  # Typer turns Ctrl-C into Exit(130)
         err_console.print("[red]interrupted[/red]")
-        sys.exit(130)
+    if isinstance(code, int) and code:  # an Exit's code, e.g. from a callback
+        sys.exit(code)
+
+
+def _print_error(message: str) -> None:
+    # the message is text, not markup: a path or question may hold square brackets
+    err_console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
 
 
 if __name__ == "__main__":

@@ -12,17 +12,41 @@ field                  symbol  meaning
 ``spatial_pool``       p       p x p average pooling on each frame's token grid
 ``temporal_sampling``  s       keep frames 0, s, 2s, ... at inference only (Eq. 8)
 =====================  ======  ==========================================================
+
+Every integer field is bounded (``validate_storm``, one ``ValueError`` naming the field): L at most
+``MAX_TEMPORAL_LAYERS`` (64); k, p, s at most ``MAX_REDUCTION`` (4096, ``video.MAX_FRAMES``: a
+window wider than the most frames a clip may hold changes nothing); the Mamba sizes and the other
+windows at most the values in ``_BOUNDS``. A recipe's ``model.temporal_pool: 1000000`` fails there
+before anything is built.
 """
 
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-__all__ = ["StormConfig"]
+from .video import MAX_FRAMES
+
+__all__ = ["MAX_REDUCTION", "MAX_TEMPORAL_LAYERS", "StormConfig"]
+
+MAX_TEMPORAL_LAYERS = 64  # L: deeper than any published temporal module by far (the paper uses 2-4)
+MAX_REDUCTION = MAX_FRAMES  # k, p, s
+# (lowest, highest) of each integer field; the highs only stop absurd values (memory, time)
+_BOUNDS: dict[str, tuple[int, int]] = {
+    "downsample": (1, 64),
+    "temporal_pool": (1, MAX_REDUCTION),
+    "spatial_pool": (1, MAX_REDUCTION),
+    "temporal_sampling": (1, MAX_REDUCTION),
+    "vision_chunk_size": (1, MAX_FRAMES),
+    "temporal_layers": (0, MAX_TEMPORAL_LAYERS),
+    "d_state": (1, 1024),
+    "d_conv": (1, 64),
+    "expand": (1, 64),
+    "dt_rank": (1, 1 << 16),
+}
 
 
 class StormConfig(PretrainedConfig):
@@ -107,14 +131,24 @@ class StormConfig(PretrainedConfig):
         self.validate_storm()
 
     @property
+    def _text_cfg(self) -> PretrainedConfig:
+        """``text_config``, typed: the field admits a dict or None as input; after init it is a config."""
+        return cast(PretrainedConfig, self.text_config)
+
+    @property
+    def _vision_cfg(self) -> PretrainedConfig:
+        """``vision_config``, typed (as ``_text_cfg``)."""
+        return cast(PretrainedConfig, self.vision_config)
+
+    @property
     def hidden_size(self) -> int:
         """D, the LLM width: the projector maps to it and the Mamba blocks run at it."""
-        return self.text_config.hidden_size
+        return self._text_cfg.hidden_size
 
     @property
     def patch_grid(self) -> tuple[int, int]:
         """Patch grid of one frame out of the vision tower, e.g. 448/14 → (32, 32)."""
-        side = self.vision_config.image_size // self.vision_config.patch_size
+        side = self._vision_cfg.image_size // self._vision_cfg.patch_size
         return side, side
 
     @property
@@ -128,7 +162,7 @@ class StormConfig(PretrainedConfig):
         """Encoder layers the feature comes out of: ``hidden_states[vision_feature_layer]`` is the
         output of this many layers (-2 of 27 → 26); later layers never reach the projector."""
         layer = self.vision_feature_layer
-        return self.vision_config.num_hidden_layers + 1 + layer if layer < 0 else layer
+        return self._vision_cfg.num_hidden_layers + 1 + layer if layer < 0 else layer
 
     @property
     def vision_layers_run(self) -> int:
@@ -137,24 +171,18 @@ class StormConfig(PretrainedConfig):
         SigLIP towers stop there (the default feature is the penultimate layer, so the last layer
         and the post-LayerNorm are skipped); other towers run every layer and pick a hidden state.
         """
-        if self.vision_config.model_type != "siglip_vision_model" or self.vision_feature_layer == -1:
-            return self.vision_config.num_hidden_layers
+        if self._vision_cfg.model_type != "siglip_vision_model" or self.vision_feature_layer == -1:
+            return self._vision_cfg.num_hidden_layers
         return self.vision_feature_depth
 
     def validate_storm(self) -> None:
         """Reject inconsistent settings with one message naming the field."""
         if self.projector_type not in ("storm", "mlp"):
             raise ValueError(f"projector_type must be 'storm' or 'mlp', got {self.projector_type!r}")
-        for name in ("downsample", "temporal_pool", "spatial_pool", "temporal_sampling", "vision_chunk_size"):
+        for name, (low, high) in _BOUNDS.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("d_state", "d_conv", "expand", "dt_rank"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if not isinstance(self.temporal_layers, int) or self.temporal_layers < 0:
-            raise ValueError(f"temporal_layers must be an integer >= 0, got {self.temporal_layers!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
 
 
 AutoConfig.register(StormConfig.model_type, StormConfig, exist_ok=True)

@@ -9,6 +9,7 @@ shipped in this file, so tests and the demo run offline.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, SiglipImageProcessorPil, SiglipVisionConfig
@@ -100,7 +101,7 @@ def tiny_config(vocab_size: int, video_token_id: int, image_token_id: int, **sto
 def build_tiny(**storm_options) -> tuple[StormForConditionalGeneration, StormProcessor]:
     """A tiny random STORM and its processor (seed with ``torch.manual_seed`` first)."""
     tokenizer = tiny_tokenizer()
-    video_id, image_id = tokenizer.convert_tokens_to_ids(["<video>", "<image>"])
+    video_id, image_id = cast("list[int]", tokenizer.convert_tokens_to_ids(["<video>", "<image>"]))
     config = tiny_config(len(tokenizer), video_id, image_id, **storm_options)
     model = StormForConditionalGeneration(config).eval()
     set_generation_tokens(model, tokenizer)

@@ -36,11 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .video import write_video
+from .video import MAX_FRAMES, write_video
 
 __all__ = [
     "COLORS",
     "DIRECTIONS",
+    "MAX_SYNTH_SAMPLES",
+    "MAX_SYNTH_SIZE",
+    "MIN_SYNTH_SIZE",
     "TASKS",
     "SynthSample",
     "answerable",
@@ -54,6 +57,25 @@ __all__ = [
 COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
 DIRECTIONS = ("left", "right", "up", "down")
 WINDOW = 4  # the pooling window the order task's two events share (the paper's k)
+MAX_SYNTH_SAMPLES = 10_000_000  # clips of one set (a training sampler holds a permutation of them)
+MIN_SYNTH_SIZE, MAX_SYNTH_SIZE = 8, 1024  # frame side in pixels (below 8 the square is 2 px)
+MAX_CLIP_BYTES = 1 << 30  # one clip's frames in memory: frames x size x size x 3 bytes
+
+
+def check_clip_args(num_frames: int, size: int, num_samples: int = 1) -> None:
+    """Refuse sizes that cannot make a clip, or would exhaust memory or disk, naming the argument."""
+    for name, value, low, high in (
+        ("num_samples", num_samples, 1, MAX_SYNTH_SAMPLES),
+        ("num_frames", num_frames, 2, MAX_FRAMES),
+        ("size", size, MIN_SYNTH_SIZE, MAX_SYNTH_SIZE),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ValueError(f"synth {name} must be an integer from {low:,} to {high:,}, got {value!r}")
+    if num_frames * size * size * 3 > MAX_CLIP_BYTES:
+        raise ValueError(
+            f"synth clips of {num_frames} frames of {size}x{size} px would take "
+            f"{num_frames * size * size * 3 / 2**30:.1f} GiB each (at most 1 GiB): fewer frames or a smaller size"
+        )
 
 
 @dataclass
@@ -205,6 +227,7 @@ def make_sample(
     """
     if task not in TASKS:
         raise ValueError(f"unknown synth task {task!r}; choose from {', '.join(TASKS)}")
+    check_clip_args(num_frames, size)
     rng = _rng(split, seed, index)
     return TASKS[task](num_frames, size, rng, index if balanced and answer is None else answer)
 
@@ -226,6 +249,7 @@ def make_suite(
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise ValueError(f"unknown or no synth task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+    check_clip_args(num_frames, size, num_samples)
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     train, evaluation = [], []
@@ -260,6 +284,12 @@ def make_motion_qa(
     Each clip shows one square of one colour moving in one direction; ``questions`` chooses what
     is asked ("direction", "color"). Writes ``train.json``; returns its path.
     """
+    unknown = [q for q in questions if q not in ("direction", "color")]
+    if unknown or not questions:
+        raise ValueError(
+            f"unknown or no question kind(s) {', '.join(map(repr, unknown))}; choose from direction, color"
+        )
+    check_clip_args(num_frames, size, num_samples)
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -273,9 +303,6 @@ def make_motion_qa(
             "direction": ("Which way does the square move?", direction),
             "color": ("What colour is the square?", color),
         }
-        unknown = [q for q in questions if q not in answers]
-        if unknown:
-            raise ValueError(f"unknown question kind {unknown[0]!r} (direction, color)")
         conversations = []
         for k, q in enumerate(questions):
             question, answer = answers[q]

@@ -584,8 +584,9 @@ def write_video(
     try:
         with av.open(tmp, "w", format=_format_for(path), options=container_options or {}) as container:
             stream = container.add_stream(codec, rate=rate)
+            assert isinstance(stream, av.VideoStream), f"{codec} is not a video codec"
             stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
-            opts = dict(options or {})
+            opts: dict[str, object] = dict(options or {})
             if gop is not None:
                 stream.codec_context.gop_size = gop
                 if codec in ("libx264", "libx265"):

@@ -1,7 +1,9 @@
 """Benchmark loaders (the maintainers' local layouts) and lmms-eval's prompt for each.
 
 Every loader returns ``(items, problems)``: malformed entries are reported in ``problems`` and
-skipped, never fatal. Layouts are documented in ``docs/benchmarks.md``. Prompts follow
+skipped, never fatal; each problem is one line naming the file, the entry's index and the field
+(``eval.json[3]: 'start' must be a number of seconds, got 'abc'``). When no entry is usable,
+:func:`load_benchmark` fails with the first problem. Layouts are documented in ``docs/benchmarks.md``. Prompts follow
 lmms-eval v0.7.2 (``lmms_eval/tasks/<task>/utils.py`` and the task yamls), so numbers are
 comparable with what the field reports.
 """
@@ -9,6 +11,7 @@ comparable with what the field reports.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,75 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
 
 
+class FieldError(ValueError):
+    """One field of an entry is missing or of the wrong kind; the message names the field."""
+
+
+def _field(entry: Any, key: str) -> Any:
+    if not isinstance(entry, dict):
+        raise FieldError(f"the entry is a JSON {type(entry).__name__}, not an object")
+    if key not in entry:
+        raise FieldError(f"missing field {key!r}")
+    return entry[key]
+
+
+def _text(entry: Any, key: str, default: str | None = None) -> str:
+    """A string field (numbers are accepted as their text, as benchmarks store ids); ``default``
+    when given and the field is absent or null."""
+    if default is not None and isinstance(entry, dict) and entry.get(key) is None:
+        return default
+    value = _field(entry, key)
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise FieldError(f"{key!r} must be a string, got {value!r}")
+    return str(value)
+
+
+def _path(entry: Any, key: str) -> str:
+    value = _field(entry, key)
+    if not isinstance(value, str) or not value:
+        raise FieldError(f"{key!r} must be a file path (a string), got {value!r}")
+    return value
+
+
+def _options(entry: Any, key: str) -> list[str]:
+    value = _field(entry, key)
+    if not isinstance(value, list) or any(isinstance(o, bool) or not isinstance(o, str | int | float) for o in value):
+        raise FieldError(f"{key!r} must be a list of strings, got {value!r}")
+    return [str(o) for o in value]
+
+
+def _seconds(entry: Any, key: str) -> float | None:
+    """An optional time in seconds: absent or null is None, anything but a finite number >= 0 a problem."""
+    if not isinstance(entry, dict) or entry.get(key) is None:  # (a non-object entry fails on its other fields)
+        return None
+    value = entry[key]
+    if isinstance(value, str):  # some annotation files store times as text ("12.5")
+        try:
+            value = float(value)
+        except ValueError:
+            raise FieldError(f"{key!r} must be a number of seconds, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value >= 0):
+        raise FieldError(f"{key!r} must be a number of seconds (>= 0), got {value!r}")
+    return float(value)
+
+
+def _window(entry: Any, start_key: str = "start", end_key: str = "end") -> tuple[float | None, float | None]:
+    start, end = _seconds(entry, start_key), _seconds(entry, end_key)
+    if start is not None and end is not None and end <= start:
+        raise FieldError(f"{end_key!r} ({end}) must be after {start_key!r} ({start})")
+    return start, end
+
+
+def _choice(entry: Any, key: str, num_options: int) -> str:
+    """An option given by its 0-based index."""
+    value = _field(entry, key)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_options:
+        raise FieldError(f"{key!r} must be an option index from 0 to {num_options - 1}, got {value!r}")
+    return LETTERS[value]
+
+
 def _entry_item(
     problems: list[str],
     where: str,
@@ -76,6 +148,9 @@ def _entry_item(
 ) -> MCItem | None:
     try:
         item = build()
+    except FieldError as err:
+        problems.append(f"{where}: {err}")
+        return None
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
         problems.append(f"{where}: malformed entry ({type(err).__name__}: {err})")
         return None
@@ -97,7 +172,8 @@ def _duration_bucket(seconds: float | None) -> str | None:
 # -- loaders -----------------------------------------------------------------------------------
 def load_mvbench(root: Path) -> Loaded:
     """``root/json/<task>.json`` + video folders (official layout or lmms-eval's ``video`` branch)."""
-    items, problems = [], []
+    items: list[MCItem] = []
+    problems: list[str] = []
     found = False
     for task, (json_name, official, lmms, bounded) in MVBENCH_TASKS.items():
         path = root / "json" / json_name
@@ -108,16 +184,17 @@ def load_mvbench(root: Path) -> Loaded:
         for i, entry in enumerate(_read_json(path)):
 
             def build(entry=entry, i=i, task=task, prefix=prefix, use_bounds=use_bounds) -> MCItem:
-                options = [str(c) for c in entry["candidates"]]
+                options = _options(entry, "candidates")
+                start, end = _window(entry) if use_bounds else (None, None)
                 return MCItem(
                     id=f"{task}/{i}",
                     task=task,
-                    video=str(root / prefix / entry["video"]),
-                    question=str(entry["question"]),
+                    video=str(root / prefix / _path(entry, "video")),
+                    question=_text(entry, "question"),
                     options=options,
-                    answer=letter_of(options, str(entry["answer"])),
-                    start=float(entry["start"]) if use_bounds and "start" in entry else None,
-                    end=float(entry["end"]) if use_bounds and "end" in entry else None,
+                    answer=letter_of(options, _text(entry, "answer")),
+                    start=start,
+                    end=end,
                     extra={"frame_fps": 3.0} if task == "episodic_reasoning" else {},
                 )
 
@@ -131,7 +208,8 @@ def load_mvbench(root: Path) -> Loaded:
 
 def load_mlvu(root: Path) -> Loaded:
     """``root/json/<n_task>.json`` (MLVU dev, multiple choice) + ``root/video/<n_task>/<video>``."""
-    items, problems = [], []
+    items: list[MCItem] = []
+    problems: list[str] = []
     found = False
     for stem, task in MLVU_TASKS.items():
         path = root / "json" / f"{stem}.json"
@@ -142,15 +220,15 @@ def load_mlvu(root: Path) -> Loaded:
         for i, entry in enumerate(_read_json(path)):
 
             def build(entry=entry, i=i, task=task, folder=folder) -> MCItem:
-                options = [str(c) for c in entry["candidates"]]
-                duration = float(entry["duration"]) if entry.get("duration") is not None else None
+                options = _options(entry, "candidates")
+                duration = _seconds(entry, "duration")
                 return MCItem(
                     id=f"{task}/{i}",
-                    task=str(entry.get("question_type", task)),
-                    video=str(folder / entry["video"]),
-                    question=str(entry["question"]),
+                    task=_text(entry, "question_type", task),
+                    video=str(folder / _path(entry, "video")),
+                    question=_text(entry, "question"),
                     options=options,
-                    answer=letter_of(options, str(entry["answer"])),
+                    answer=letter_of(options, _text(entry, "answer")),
                     duration=duration,
                     duration_group=_duration_bucket(duration),
                 )
@@ -165,20 +243,21 @@ def load_mlvu(root: Path) -> Loaded:
 
 def load_longvideobench(root: Path) -> Loaded:
     """``root/lvb_val.json`` + ``root/videos/<video_path>`` (answers as ``correct_choice`` index)."""
-    items, problems = [], []
+    items: list[MCItem] = []
+    problems: list[str] = []
     for i, entry in enumerate(_read_json(root / "lvb_val.json")):
 
         def build(entry=entry, i=i) -> MCItem:
-            options = [str(c) for c in entry["candidates"] if str(c) != "N/A"]
-            duration = float(entry["duration"]) if entry.get("duration") is not None else None
-            group = entry.get("duration_group")
+            options = [c for c in _options(entry, "candidates") if c != "N/A"]
+            duration = _seconds(entry, "duration")
+            group = _text(entry, "duration_group") if entry.get("duration_group") is not None else None
             return MCItem(
-                id=str(entry.get("id", i)),
-                task=str(entry.get("question_category", "longvideobench")),
-                video=str(root / "videos" / entry["video_path"]),
-                question=str(entry["question"]),
+                id=_text(entry, "id", str(i)),
+                task=_text(entry, "question_category", "longvideobench"),
+                video=str(root / "videos" / _path(entry, "video_path")),
+                question=_text(entry, "question"),
                 options=options,
-                answer=LETTERS[int(entry["correct_choice"])],
+                answer=_choice(entry, "correct_choice", len(options)),
                 duration=duration,
                 duration_group=f"{group}s" if group is not None else _duration_bucket(duration),
             )
@@ -193,7 +272,7 @@ def _videomme_rows(root: Path) -> list[dict[str, Any]]:
     for candidate in (root / "videomme" / "test-00000-of-00001.parquet", root / "test-00000-of-00001.parquet"):
         if candidate.is_file():
             try:
-                import pyarrow.parquet as pq
+                import pyarrow.parquet as pq  # type: ignore[import-not-found]  # optional, no stubs
             except ImportError:
                 raise ValueError(f"{candidate}: reading parquet needs pyarrow (pip install pyarrow)") from None
             return pq.read_table(candidate).to_pylist()
@@ -202,23 +281,24 @@ def _videomme_rows(root: Path) -> list[dict[str, Any]]:
 
 def load_videomme(root: Path) -> Loaded:
     """``root/videomme/test-00000-of-00001.parquet`` (or ``root/videomme.json``) + ``root/data/<videoID>.mp4``."""
-    items, problems = [], []
+    items: list[MCItem] = []
+    problems: list[str] = []
     for i, entry in enumerate(_videomme_rows(root)):
 
         def build(entry=entry, i=i) -> MCItem:
-            options = [str(o) for o in entry["options"]]
+            options = _options(entry, "options")
             texts = [o[3:] if len(o) > 2 and o[1] == "." and o[0] in LETTERS else o for o in options]
-            vid = str(entry["videoID"])
+            vid = _text(entry, "videoID")
             candidates = [root / "data" / f"{vid}{ext}" for ext in (".mp4", ".MP4", ".mkv")]
             video = next((c for c in candidates if c.exists()), candidates[0])
             return MCItem(
-                id=str(entry["question_id"]),
-                task=str(entry.get("task_type", "videomme")),
+                id=_text(entry, "question_id"),
+                task=_text(entry, "task_type", "videomme"),
                 video=str(video),
-                question=str(entry["question"]),
+                question=_text(entry, "question"),
                 options=texts,
-                answer=str(entry["answer"]).strip(),
-                duration_group=str(entry.get("duration")) if entry.get("duration") else None,
+                answer=_text(entry, "answer").strip(),
+                duration_group=_text(entry, "duration") if entry.get("duration") else None,
                 extra={"options_as_given": options},
             )
 
@@ -235,36 +315,39 @@ def load_mc_json(path: Path) -> Loaded:
     the JSON file's folder.
     """
     base = path.parent
-    items, problems = [], []
+    items: list[MCItem] = []
+    problems: list[str] = []
     data = _read_json(path)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of questions")
     for i, entry in enumerate(data):
 
         def build(entry=entry, i=i) -> MCItem:
-            options = [str(o) for o in entry["options"]]
-            answer = entry["answer"]
-            if isinstance(answer, int):
-                letter = LETTERS[answer]
+            options = _options(entry, "options")
+            answer = _field(entry, "answer")
+            if isinstance(answer, int) and not isinstance(answer, bool):
+                letter = _choice(entry, "answer", len(options))
             elif isinstance(answer, str) and answer.strip() in LETTERS[: len(options)]:
                 letter = answer.strip()  # an upper-case option letter
             else:
-                letter = letter_of(options, str(answer))
-            duration = float(entry["duration"]) if entry.get("duration") is not None else None
+                letter = letter_of(options, _text(entry, "answer"))
+            start, end = _window(entry)
+            duration = _seconds(entry, "duration")
+            group = _text(entry, "duration_group") if entry.get("duration_group") is not None else None
             return MCItem(
-                id=str(entry.get("id", i)),
-                task=str(entry.get("task", "mc")),
-                video=str(base / entry["video"]),
-                question=str(entry["question"]),
+                id=_text(entry, "id", str(i)),
+                task=_text(entry, "task", "mc"),
+                video=str(base / _path(entry, "video")),
+                question=_text(entry, "question"),
                 options=options,
                 answer=letter,
-                start=entry.get("start"),
-                end=entry.get("end"),
+                start=start,
+                end=end,
                 duration=duration,
-                duration_group=entry.get("duration_group") or _duration_bucket(duration),
+                duration_group=group or _duration_bucket(duration),
             )
 
-        item = _entry_item(problems, f"{path.name}[{i}]", build)
+        item = _entry_item(problems, f"{path}[{i}]", build)
         if item is not None:
             items.append(item)
     return items, problems
@@ -322,5 +405,6 @@ def load_benchmark(name: str, data_root: str | Path) -> tuple[Benchmark, list[MC
     bench = BENCHMARKS[name]
     items, problems = bench.loader(root)
     if not items:
-        raise ValueError(f"{root}: no usable {name} questions ({len(problems)} malformed)")
+        first = f"; the first: {problems[0]}" if problems else ""
+        raise ValueError(f"{root}: no usable {name} questions ({len(problems)} malformed{first})")
     return bench, items, problems

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,19 @@ class MCItem:
     duration: float | None = None
     duration_group: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Fields of the wrong kind fail here, naming the field, not later inside frame sampling."""
+        for name in ("start", "end", "duration"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0
+            ):
+                raise ValueError(f"item {self.id}: {name} must be a number of seconds >= 0 or None, got {value!r}")
+        if self.duration_group is not None and not isinstance(self.duration_group, str):
+            raise ValueError(f"item {self.id}: duration_group must be a string or None, got {self.duration_group!r}")
+        if not isinstance(self.options, list) or not all(isinstance(o, str) for o in self.options):
+            raise ValueError(f"item {self.id}: options must be a list of strings, got {self.options!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
