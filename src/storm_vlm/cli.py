@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .configuration_storm import MAX_TEMPORAL_LAYERS
+from .configuration_storm import MAX_REDUCTION, MAX_TEMPORAL_LAYERS
 from .synth import MAX_SYNTH_SAMPLES, MAX_SYNTH_SIZE, MIN_SYNTH_SIZE
 from .video import MAX_FPS, MAX_FRAMES
 
@@ -34,7 +34,6 @@ class UserError(Exception):
 
 EXIT_USER_ERROR = 2
 MAX_NEW_TOKENS = 1 << 20  # an upper bound on the option; answers are also cut to what fits the model's context
-MAX_REDUCTION = MAX_FRAMES  # k, p, s: larger than the most frames a clip may hold changes nothing
 
 
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, mps (default: cuda if available).")]
