@@ -228,8 +228,8 @@ def test_storm_config_bounds_name_the_field():
 def test_synth_checks_its_own_arguments(tmp_path):
     with pytest.raises(ValueError, match="synth size must be an integer from 8 to 1,024, got 200000"):
         make_suite(tmp_path / "a", size=200_000)
-    with pytest.raises(ValueError, match="synth num_frames must be an integer from 2 to 4,096"):
-        make_motion_qa(tmp_path / "b", num_frames=1)
+    with pytest.raises(ValueError, match="synth num_frames must be an integer from 1 to 4,096, got 0"):
+        make_motion_qa(tmp_path / "b", num_frames=0)
     with pytest.raises(ValueError, match="no question kind"):
         make_motion_qa(tmp_path / "c", questions=())
     assert not any(tmp_path.iterdir())
