@@ -85,6 +85,16 @@ def broken_models(work, model_dir) -> dict[str, Path]:
     config["text_config"]["intermediate_size"] *= 2  # the saved MLP weights no longer fit
     (mismatch / "config.json").write_text(json.dumps(config))
     out["mismatch"] = mismatch
+    from safetensors.torch import load_file, save_file
+
+    missing = work / "model-missing"
+    shutil.copytree(model_dir, missing)
+    tensors = load_file(missing / "model.safetensors")
+    dropped = sorted(k for k in tensors if k.startswith("temporal."))[0]
+    del tensors[dropped]  # a weight file from another model: without the check it would load half random
+    save_file(tensors, missing / "model.safetensors", metadata={"format": "pt"})
+    out["missing"] = missing
+    out["dropped"] = Path(dropped)
     return out
 
 
@@ -122,7 +132,17 @@ def test_weights_that_do_not_fit_the_config(capsys, broken_models, clip, mc_json
     args = [command, model, str(clip), "Q?"] if command == "ask" else [
         command, model, "--benchmark", "mc-json", "--data-root", str(mc_json["good"]), "--frames", "2",
         "--out", str(mc_json["good"].parent / "eval-mismatch")]  # fmt: skip
-    assert_one_line_error(cli(capsys, *args), f"{model}: cannot load the model")
+    assert_one_line_error(
+        cli(capsys, *args),
+        f"{model}/model.safetensors: tensor language_model.model.layers.0.mlp.down_proj.weight has shape [64, 128] "
+        "but config.json needs [64, 256]",
+    )
+
+
+def test_weights_missing_a_tensor(capsys, broken_models, clip):
+    model = str(broken_models["missing"])
+    message = f"{model}/model.safetensors: no weights for {broken_models['dropped']} (1 tensor(s) missing)"
+    assert_one_line_error(cli(capsys, "ask", model, str(clip), "Q?"), message)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .configuration_storm import MAX_REDUCTION, MAX_TEMPORAL_LAYERS
+from .configuration_storm import MAX_NEW_TOKENS, MAX_REDUCTION, MAX_TEMPORAL_LAYERS
 from .synth import MAX_SYNTH_SAMPLES, MAX_SYNTH_SIZE, MIN_SYNTH_SIZE
 from .video import MAX_FPS, MAX_FRAMES
 
@@ -33,7 +33,6 @@ class UserError(Exception):
 
 
 EXIT_USER_ERROR = 2
-MAX_NEW_TOKENS = 1 << 20  # an upper bound on the option; answers are also cut to what fits the model's context
 
 
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, mps (default: cuda if available).")]
@@ -357,7 +356,7 @@ def serve(
     max_upload_mb: Annotated[int, typer.Option(min=1, help="Largest data: URL upload.")] = 64,
     max_queue: Annotated[int, typer.Option(min=1, help="Requests allowed to wait (429 beyond).")] = 8,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds per request (504 beyond).")] = 120.0,
-    max_new_tokens: Annotated[int, typer.Option(min=1, max=1 << 20, help="Most tokens per answer.")] = 512,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=MAX_NEW_TOKENS, help="Most tokens per answer.")] = 512,
     read_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds to receive a request's headers and body (closed beyond).")
     ] = 60.0,

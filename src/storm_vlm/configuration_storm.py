@@ -30,10 +30,11 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .video import MAX_FRAMES
 
-__all__ = ["MAX_REDUCTION", "MAX_TEMPORAL_LAYERS", "StormConfig"]
+__all__ = ["MAX_NEW_TOKENS", "MAX_REDUCTION", "MAX_TEMPORAL_LAYERS", "StormConfig"]
 
 MAX_TEMPORAL_LAYERS = 64  # L: deeper than any published temporal module by far (the paper uses 2-4)
 MAX_REDUCTION = MAX_FRAMES  # k, p, s
+MAX_NEW_TOKENS = 1 << 20  # most tokens one answer may ask for (CLI, server); answers are also cut to the context
 # (lowest, highest) of each integer field; the highs only stop absurd values (memory, time)
 _BOUNDS: dict[str, tuple[int, int]] = {
     "downsample": (1, 64),

@@ -114,7 +114,12 @@ def load_model(
     if dtype is None and on_cuda:
         dtype = torch.bfloat16
     try:
-        model = StormForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        # Mismatches are collected rather than raised so the error can name the tensor; missing
+        # weights would otherwise be initialised randomly with only a warning.
+        model, info = StormForConditionalGeneration.from_pretrained(
+            path, dtype=dtype, ignore_mismatched_sizes=True, output_loading_info=True
+        )
+        _check_loading_info(path, info)
         processor = StormProcessor.from_pretrained(path)
     except SafetensorError as err:  # a truncated, empty or random weight file
         raise ModelLoadError(f"{path / 'model.safetensors'}: not a readable weight file ({err})") from None
@@ -123,6 +128,23 @@ def load_model(
     if device is not None:
         model.to(device)
     return ready_for_inference(model, fast), processor
+
+
+def _check_loading_info(path: Path, info: dict) -> None:
+    """A weight file that does not match its config is an error naming the first tensor at fault."""
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if mismatched:
+        key, saved, needed = mismatched[0]
+        raise ModelLoadError(
+            f"{path / 'model.safetensors'}: tensor {key} has shape {list(saved)} but config.json needs "
+            f"{list(needed)} ({len(mismatched)} tensor(s) differ)"
+        )
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ModelLoadError(
+            f"{path / 'model.safetensors'}: no weights for {missing[0]} ({len(missing)} tensor(s) missing); "
+            "the file is not from this model"
+        )
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device | None:

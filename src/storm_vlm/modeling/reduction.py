@@ -18,6 +18,8 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from ..configuration_storm import MAX_REDUCTION  # largest k, p or s: the most frames a clip may have
+
 __all__ = [
     "MAX_REDUCTION",
     "ReductionSettings",
@@ -29,9 +31,6 @@ __all__ = [
     "temporal_pool",
     "temporal_sample",
 ]
-
-
-MAX_REDUCTION = 4096  # largest k, p or s accepted: the most frames a clip may have (video.MAX_FRAMES)
 
 
 def _ceil_div(a: int, b: int) -> int:

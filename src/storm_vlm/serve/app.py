@@ -30,8 +30,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import StoppingCriteriaList
 
+from ..configuration_storm import MAX_NEW_TOKENS, MAX_REDUCTION
 from ..inference import prepare_inputs
-from ..modeling.reduction import MAX_REDUCTION, settings_for_budget
+from ..modeling.reduction import settings_for_budget
 from ..processing_storm import IMAGE_TOKEN, VIDEO_TOKEN
 from ..video import MAX_FPS, MAX_FRAMES, VideoError, sample_frames
 from .deadline import Deadline, DeadlineExceeded, DeadlineStop
@@ -100,7 +101,7 @@ class ChatRequest(BaseModel):
     model: str | None = None
     messages: list[Message] = Field(min_length=1, max_length=256)
     stream: bool = False
-    max_tokens: int | None = Field(default=None, ge=1, le=1 << 20)  # then capped by the server's limit
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)  # then capped by the server's limit
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = Field(default=None, ge=0, le=2**64 - 1)  # torch's seed range
@@ -120,7 +121,7 @@ class StreamFrames(BaseModel):
 
 class StreamAsk(BaseModel):
     question: str = Field(min_length=1, max_length=200_000)
-    max_tokens: int | None = Field(default=None, ge=1, le=1 << 20)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
 
 
 class StreamCreate(BaseModel):

@@ -16,6 +16,10 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from ..modeling.reduction import MAX_REDUCTION
+from ..synth import MAX_SYNTH_SAMPLES, MAX_SYNTH_SIZE, MIN_SYNTH_SIZE, check_clip_args
+from ..video import MAX_FRAMES
+
 __all__ = ["DataConfig", "InitConfig", "OptimConfig", "RecipeError", "SynthDataConfig", "TrainRecipe", "load_recipe"]
 
 
@@ -33,10 +37,6 @@ class InitConfig:
     projector_type: str = "storm"
     temporal_layers: int = 2
     bidirectional: bool = True
-
-
-MAX_SYNTH_SAMPLES = 10_000_000  # clips of one run (the sampler's permutation: 80 MB at this bound)
-MAX_SYNTH_SIZE = 1024  # frame side of generated clips, in pixels
 
 
 @dataclass
@@ -109,8 +109,14 @@ class TrainRecipe:
             synth = self.data.synth
             if not 1 <= synth.samples <= MAX_SYNTH_SAMPLES:  # the sampler holds a permutation of them
                 raise RecipeError(f"data.synth.samples must be 1 to {MAX_SYNTH_SAMPLES:,}, got {synth.samples!r}")
-            if not 8 <= synth.size <= MAX_SYNTH_SIZE:
-                raise RecipeError(f"data.synth.size must be 8 to {MAX_SYNTH_SIZE} pixels, got {synth.size!r}")
+            if not MIN_SYNTH_SIZE <= synth.size <= MAX_SYNTH_SIZE:
+                raise RecipeError(
+                    f"data.synth.size must be {MIN_SYNTH_SIZE} to {MAX_SYNTH_SIZE} pixels, got {synth.size!r}"
+                )
+            try:  # the clip as a whole: frames x size^2 must fit in memory
+                check_clip_args(self.data.num_frames, synth.size, synth.samples)
+            except ValueError as err:
+                raise RecipeError(f"data.num_frames / data.synth: {err}") from None
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise RecipeError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         for name in ("batch_size", "grad_accum"):
@@ -126,12 +132,14 @@ class TrainRecipe:
             raise RecipeError(f"optim.max_steps must be >= 1, got {self.optim.max_steps!r}")
         if self.log_every < 1:
             raise RecipeError(f"log_every must be >= 1, got {self.log_every!r}")
-        if self.data.num_frames < 1:
-            raise RecipeError("data.num_frames must be >= 1")
+        if not 1 <= self.data.num_frames <= MAX_FRAMES:
+            raise RecipeError(f"data.num_frames must be 1 to {MAX_FRAMES}, got {self.data.num_frames!r}")
+        if self.data.max_length < 1:
+            raise RecipeError(f"data.max_length must be >= 1, got {self.data.max_length!r}")
         for name in ("temporal_pool", "spatial_pool"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise RecipeError(f"{name} must be >= 1")
+            if value is not None and not 1 <= value <= MAX_REDUCTION:
+                raise RecipeError(f"{name} must be 1 to {MAX_REDUCTION}, got {value!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
