@@ -171,13 +171,17 @@ def main() -> None:
             "long-question": chat("clip.mp4", text="x" * 150_000),
         }
         names = [*kinds, "200MB-length"]
-        jobs = [names[i % len(names)] for i in range(args.requests)]
+        hostile = names[1:]
+        jobs = ["valid" if i % 2 == 0 else hostile[(i // 2) % len(hostile)] for i in range(args.requests)]
 
         def send(kind: str) -> tuple[str, int, float]:
             if kind == "200MB-length":
                 return (kind, *post_announced(base, 200 * 2**20))
             return (kind, *post(base + "/v1/chat/completions", kinds[kind]))
 
+        valid_jobs = ["valid"] * jobs.count("valid")
+        with ThreadPoolExecutor(max_workers=len(valid_jobs)) as pool:  # the same valid load, alone
+            alone = sorted(t for _, _, t in pool.map(send, valid_jobs))
         stalled = stall("127.0.0.1", port, args.stalled)
         with ThreadPoolExecutor(max_workers=args.requests) as pool:
             results = list(pool.map(send, jobs))
@@ -195,6 +199,15 @@ def main() -> None:
             print(f"{kind:<15} {len(rows):>3} {','.join(map(str, statuses)):<14} "
                   f"{statistics.median(times):7.3f} {p95:7.3f} {times[-1]:7.3f}")  # fmt: skip
             ok &= all(s == 200 for s, _ in rows) if kind == "valid" else all(400 <= s < 500 for s, _ in rows)
+        mixed = sorted(t for k, _, t in results if k == "valid")
+
+        def pct(times: list[float], q: float) -> float:
+            return times[min(len(times) - 1, int(q * len(times)))]
+
+        print(f"\n{len(mixed)} valid requests, p50 / p95 latency: alone {statistics.median(alone):.3f} / "
+              f"{pct(alone, 0.95):.3f} s; with {len(jobs) - len(mixed)} hostile ones and the stalled connections "
+              f"{statistics.median(mixed):.3f} / {pct(mixed, 0.95):.3f} s "
+              f"(p50 ratio {statistics.median(mixed) / statistics.median(alone):.2f})")  # fmt: skip
         by_status = collections.Counter(s for _, s, _ in results)
         print("\nrequests by status: " + ", ".join(f"{k}: {v}" for k, v in sorted(by_status.items())))
         time.sleep(6)  # past --read-timeout
