@@ -20,11 +20,9 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 from transformers import (
-    AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
-    AutoTokenizer,
     GenerationMixin,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -339,43 +337,16 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
     ) -> StormForConditionalGeneration:
         """A STORM model from a pretrained vision tower and LLM in local HF directories.
 
-        ``vision_path`` may hold a vision-only model (``SiglipVisionModel``, ``CLIPVisionModel``)
-        or a dual encoder (``SiglipModel``, ``CLIPModel``), whose vision half is taken.
-        The projector and temporal module start random (paper §4.1); the pretrained weights are
-        kept as loaded. ``tokenizer`` (the LLM's, loaded from ``llm_path`` when not given) gets
-        the ``<video>`` / ``<image>`` placeholders, and the LLM's embeddings grow to hold them.
+        ``vision_path`` may hold a vision-only model (``SiglipVisionModel``, ``CLIPVisionModel``),
+        a dual encoder (``SiglipModel``, ``CLIPModel``) or a VLM such as PaliGemma or LLaVA, whose
+        tower is taken; a tower or LLM weight the checkpoint lacks is an error
+        (:mod:`storm_vlm.modeling.parts`). The projector and temporal module start random (paper
+        §4.1). ``tokenizer`` (the LLM's, loaded from ``llm_path`` when not given) gets the
+        ``<video>`` / ``<image>`` placeholders, and the LLM's embeddings grow to hold them.
         """
-        from ..processing_storm import add_placeholder_tokens
+        from .parts import build_from_parts
 
-        tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(llm_path)
-        video_token_id, image_token_id = add_placeholder_tokens(tokenizer)
-        vision_config = AutoConfig.from_pretrained(vision_path)
-        vision_config = getattr(vision_config, "vision_config", vision_config)
-        if hasattr(vision_config, "vision_use_head"):
-            vision_config.vision_use_head = False  # SigLIP's pooling head is unused by STORM
-        vision = _vision_model_class(vision_config).from_pretrained(vision_path, config=vision_config, dtype=dtype)
-        llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=dtype)
-        if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
-            llm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
-        config = StormConfig(
-            vision_config=vision.config,
-            text_config=llm.config,
-            video_token_id=video_token_id,
-            image_token_id=image_token_id,
-            **storm_options,
-        )
-        model = cls(config, vision_tower=vision, language_model=llm)
-        return model.to(dtype) if dtype is not None else model
-
-
-def _vision_model_class(vision_config) -> type[PreTrainedModel]:
-    """The vision-tower class for a vision sub-config (e.g. SiglipVisionConfig → SiglipVisionModel)."""
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING
-
-    try:
-        return MODEL_MAPPING[type(vision_config)]
-    except KeyError as err:
-        raise ValueError(f"no vision model class is registered for {type(vision_config).__name__}") from err
+        return build_from_parts(cls, vision_path, llm_path, tokenizer=tokenizer, dtype=dtype, **storm_options)
 
 
 AutoModel.register(StormConfig, StormForConditionalGeneration, exist_ok=True)
