@@ -20,6 +20,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 __all__ = ["BodyLimit", "read_timeout_protocol"]
 
+DRAIN_FACTOR = 4  # a body over the limit is read (and dropped) up to this many times the limit
 Scope = dict[str, Any]
 Message = dict[str, Any]
 
@@ -46,11 +47,17 @@ class BodyLimit:
                 return
             body = message.get("body", b"")
             size += len(body)
+            more = message.get("more_body", False)
             if size > self.max_bytes:
+                # Read on (discarding) up to a bound before answering: a client still sending when
+                # the connection closes gets a reset instead of the 413 (the lingering close of nginx).
+                while more and size <= DRAIN_FACTOR * self.max_bytes:
+                    message = await receive()
+                    size += len(message.get("body", b""))
+                    more = message.get("more_body", False) and message["type"] != "http.disconnect"
                 await self._refuse(send, True)
                 return
             chunks.append(body)
-            more = message.get("more_body", False)
         replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
 
         async def replayed() -> Message:
