@@ -228,3 +228,23 @@ def test_plain_config_api_forward_and_generate():
         with torch.no_grad():
             out = model.generate(input_ids=input_ids, pixel_values_videos=video, max_new_tokens=3, do_sample=False)
         assert n_visual == (frames // 4) * 4 and out.shape[1] == input_ids.shape[1] + 3
+
+
+def test_the_processor_layout_makes_generate_repeat_nothing(tiny):
+    """``video_reduction`` rows carry the k, p, s the placeholders were expanded with: the model
+    reads them, so ``generate(**inputs)`` equals the call with the settings repeated by hand."""
+    model, processor = tiny
+    inputs = _inputs(processor, 16, temporal_pool=4, spatial_pool=2)
+    layout = torch.tensor([[4, 2, 1]])
+    with torch.no_grad():
+        by_hand = model.generate(**inputs, temporal_pool=4, spatial_pool=2, max_new_tokens=4, do_sample=False)
+        by_layout = model.generate(**inputs, video_reduction=layout, max_new_tokens=4, do_sample=False)
+        logits = model(**inputs, video_reduction=layout).logits
+        assert torch.equal(logits, model(**inputs, temporal_pool=4, spatial_pool=2).logits)
+        with pytest.raises(ValueError, match="placeholder"):
+            model(**inputs)  # without it, the config's k=1 p=1 does not match the placeholders
+        with pytest.raises(ValueError, match="give one of them"):
+            model(**inputs, video_reduction=layout, temporal_pool=2)
+        with pytest.raises(ValueError, match="same"):
+            model(**inputs, video_reduction=torch.tensor([[4, 2, 1], [2, 2, 1]]))
+    assert torch.equal(by_hand, by_layout)

@@ -278,6 +278,8 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         temporal_pool: int | None = None,
         spatial_pool: int | None = None,
         temporal_sampling: int | None = None,
+        video_reduction: torch.LongTensor | None = None,
+        image_reduction: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Run the LLM on text embeddings with visual tokens spliced in at the placeholders.
@@ -291,13 +293,25 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
             inputs_embeds: instead of ids and pixels, ready embeddings (see :meth:`embed_inputs`).
             temporal_pool, spatial_pool, temporal_sampling: per-call override of the config's
                 k, p, s (s is ignored in training mode).
+            video_reduction, image_reduction: ``(num_videos, 3)`` / ``(num_images, 3)`` rows of
+                (k, p, s), as the processor returns them: the settings its placeholders were
+                expanded with, so ``model(**inputs)`` / ``generate(**inputs)`` repeat nothing.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             settings = self.reduction_settings(temporal_pool, spatial_pool, temporal_sampling)
-            videos = self._visual_embeddings(pixel_values_videos, settings) if pixel_values_videos is not None else None
-            images = self._visual_embeddings(pixel_values.unsqueeze(1), settings) if pixel_values is not None else None
+            explicit = any(v is not None for v in (temporal_pool, spatial_pool, temporal_sampling))
+            video_settings = _layout_settings(video_reduction, settings, explicit, "video_reduction")
+            image_settings = _layout_settings(image_reduction, settings, explicit, "image_reduction")
+            videos = (
+                self._visual_embeddings(pixel_values_videos, video_settings)
+                if pixel_values_videos is not None
+                else None
+            )
+            images = (
+                self._visual_embeddings(pixel_values.unsqueeze(1), image_settings) if pixel_values is not None else None
+            )
             inputs_embeds, visual_mask = self.embed_inputs(input_ids, videos, images)
             if labels is not None:
                 labels = labels.masked_fill(visual_mask, -100)
@@ -347,6 +361,29 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         from .parts import build_from_parts
 
         return build_from_parts(cls, vision_path, llm_path, tokenizer=tokenizer, dtype=dtype, **storm_options)
+
+
+def _layout_settings(
+    layout: torch.Tensor | None, default: ReductionSettings, explicit: bool, name: str
+) -> ReductionSettings:
+    """The (k, p, s) a processor expanded placeholders with (one row per clip), else ``default``.
+
+    ``default`` holds the explicit ``temporal_pool`` / ``spatial_pool`` / ``temporal_sampling``
+    arguments or the config; explicit arguments that disagree with the layout could not match the
+    placeholders, so that is an error. All rows must agree (one setting per call).
+    """
+    if layout is None:
+        return default
+    rows = torch.as_tensor(layout).reshape(-1, 3)
+    if rows.shape[0] == 0:
+        return default
+    if not bool((rows == rows[0]).all()):
+        raise ValueError(f"{name}: every clip of one call must use the same (k, p, s), got {rows.tolist()}")
+    k, p, s = (int(v) for v in rows[0])
+    settings = ReductionSettings(k, p, s)
+    if explicit and settings != default:
+        raise ValueError(f"{name} says {settings} but the call asks for {default}: give one of them")
+    return settings
 
 
 AutoModel.register(StormConfig, StormForConditionalGeneration, exist_ok=True)
