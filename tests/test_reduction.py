@@ -120,7 +120,7 @@ def test_token_budget_is_respected(budget, frames):
 
 def test_pools_larger_than_the_input_equal_pooling_over_all_of_it():
     """k >= T and p >= the grid side are clamped to the input: same result, no padding allocated."""
-    from storm_vlm.modeling.reduction import MAX_REDUCTION
+    from storm_vlm.limits import MAX_REDUCTION
 
     x = torch.randn(1, 5, 16, 8)
     huge, grid = reduce_tokens(x, (4, 4), ReductionSettings(MAX_REDUCTION, MAX_REDUCTION, 1))

@@ -13,9 +13,16 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .configuration_storm import MAX_NEW_TOKENS, MAX_REDUCTION, MAX_TEMPORAL_LAYERS
-from .synth import MAX_SYNTH_SAMPLES, MAX_SYNTH_SIZE, MIN_SYNTH_SIZE
-from .video import MAX_FPS, MAX_FRAMES
+from .limits import (
+    MAX_FPS,
+    MAX_FRAMES,
+    MAX_NEW_TOKENS,
+    MAX_REDUCTION,
+    MAX_SYNTH_SAMPLES,
+    MAX_SYNTH_SIZE,
+    MAX_TEMPORAL_LAYERS,
+    MIN_SYNTH_SIZE,
+)
 
 app = typer.Typer(
     name="storm-vlm",
@@ -26,6 +33,23 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        console.print(f"storm-vlm {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """STORM: token-efficient long-video understanding (Mamba temporal module + token reduction)."""
 
 
 class UserError(Exception):
@@ -492,6 +516,18 @@ def init(
     )
 
 
+def _quiet_transformers() -> None:
+    """Errors only, no progress bars: through the environment, so that commands which never load a
+    model (``--help``, ``synth``) never import transformers (and torch) for it."""
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one readable line and exit code 2, never a traceback.
 
@@ -499,10 +535,7 @@ def main(argv: list[str] | None = None) -> None:
     of Typer's framed panel: ``error: <what> (see `storm-vlm CMD --help`)``. ``argv`` defaults to
     ``sys.argv[1:]`` (tests pass their own).
     """
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    _quiet_transformers()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .model_dir import ModelLoadError
     from .video import VideoError

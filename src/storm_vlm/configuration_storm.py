@@ -14,7 +14,7 @@ field                  symbol  meaning
 =====================  ======  ==========================================================
 
 Every integer field is bounded (``validate_storm``, one ``ValueError`` naming the field): L at most
-``MAX_TEMPORAL_LAYERS`` (64); k, p, s at most ``MAX_REDUCTION`` (4096, ``video.MAX_FRAMES``: a
+``MAX_TEMPORAL_LAYERS`` (64); k, p, s at most ``MAX_REDUCTION`` (4096, ``limits.MAX_FRAMES``: a
 window wider than the most frames a clip may hold changes nothing); the Mamba sizes and the other
 windows at most the values in ``_BOUNDS``. A recipe's ``model.temporal_pool: 1000000`` fails there
 before anything is built.
@@ -28,13 +28,10 @@ from typing import ClassVar, cast
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .video import MAX_FRAMES
+from .limits import MAX_FRAMES, MAX_REDUCTION, MAX_TEMPORAL_LAYERS
 
-__all__ = ["MAX_NEW_TOKENS", "MAX_REDUCTION", "MAX_TEMPORAL_LAYERS", "StormConfig"]
+__all__ = ["StormConfig"]
 
-MAX_TEMPORAL_LAYERS = 64  # L: deeper than any published temporal module by far (the paper uses 2-4)
-MAX_REDUCTION = MAX_FRAMES  # k, p, s
-MAX_NEW_TOKENS = 1 << 20  # most tokens one answer may ask for (CLI, server); answers are also cut to the context
 # (lowest, highest) of each integer field; the highs only stop absurd values (memory, time)
 _BOUNDS: dict[str, tuple[int, int]] = {
     "downsample": (1, 64),

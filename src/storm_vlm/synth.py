@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .video import MAX_FRAMES, write_video
+from .limits import MAX_FRAMES, MAX_SYNTH_SAMPLES, MAX_SYNTH_SIZE, MIN_SYNTH_SIZE
+from .video import write_video
 
 __all__ = [
     "COLORS",
@@ -57,8 +58,6 @@ __all__ = [
 COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
 DIRECTIONS = ("left", "right", "up", "down")
 WINDOW = 4  # the pooling window the order task's two events share (the paper's k)
-MAX_SYNTH_SAMPLES = 10_000_000  # clips of one set (a training sampler holds a permutation of them)
-MIN_SYNTH_SIZE, MAX_SYNTH_SIZE = 8, 1024  # frame side in pixels (below 8 the square is 2 px)
 MAX_CLIP_BYTES = 1 << 30  # one clip's frames in memory: frames x size x size x 3 bytes
 
 

@@ -43,6 +43,8 @@ from typing import Literal
 
 import numpy as np
 
+from .limits import MAX_FPS, MAX_FRAMES, MAX_PIXELS, MAX_SIDE
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_FPS",
@@ -63,10 +65,6 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
-MAX_SIDE = 16384  # larger frames are refused before anything is decoded
-MAX_PIXELS = 1 << 27  # ~134 Mpx, e.g. 11585 x 11585
-MAX_FRAMES = 4096  # most frames one clip may hold (num_frames, max_frames, and the implicit caps)
-MAX_FPS = 240.0  # highest sampling rate: beyond it every frame of any real video is already taken
 # FFmpeg demuxers a video may be read with (AVFormatContext.format_whitelist; a demuxer named
 # "mov,mp4,m4a,3gp,3g2,mj2" matches any of its names). Left out on purpose: concat, hls, dash,
 # image2 (patterns), tee, segment and other demuxers that open further files or URLs; tty, srt and

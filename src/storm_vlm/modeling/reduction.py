@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from ..configuration_storm import MAX_REDUCTION  # largest k, p or s: the most frames a clip may have
+from ..limits import MAX_REDUCTION  # largest k, p or s: the most frames a clip may have
 
 __all__ = [
     "MAX_REDUCTION",

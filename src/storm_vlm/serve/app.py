@@ -30,11 +30,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import StoppingCriteriaList
 
-from ..configuration_storm import MAX_NEW_TOKENS, MAX_REDUCTION
 from ..inference import prepare_inputs
+from ..limits import MAX_FPS, MAX_FRAMES, MAX_NEW_TOKENS, MAX_REDUCTION
 from ..modeling.reduction import settings_for_budget
 from ..processing_storm import IMAGE_TOKEN, VIDEO_TOKEN
-from ..video import MAX_FPS, MAX_FRAMES, VideoError, sample_frames
+from ..video import VideoError, sample_frames
 from .deadline import Deadline, DeadlineExceeded, DeadlineStop
 from .limits import BodyLimit
 from .media import MediaError, resolve_media

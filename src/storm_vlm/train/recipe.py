@@ -16,9 +16,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from ..modeling.reduction import MAX_REDUCTION
-from ..synth import MAX_SYNTH_SAMPLES, MAX_SYNTH_SIZE, MIN_SYNTH_SIZE, check_clip_args
-from ..video import MAX_FRAMES
+from ..limits import MAX_FRAMES, MAX_REDUCTION, MAX_SYNTH_SAMPLES, MAX_SYNTH_SIZE, MIN_SYNTH_SIZE
+from ..synth import check_clip_args
 
 __all__ = ["DataConfig", "InitConfig", "OptimConfig", "RecipeError", "SynthDataConfig", "TrainRecipe", "load_recipe"]
 

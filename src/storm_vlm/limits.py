@@ -1,0 +1,35 @@
+"""Every bound on a size a user controls, in one place (no imports: the CLI reads these for its
+option ranges before anything heavy is loaded).
+
+The modules that enforce a bound import it from here; each names it in its own docstring.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MAX_FPS",
+    "MAX_FRAMES",
+    "MAX_NEW_TOKENS",
+    "MAX_PIXELS",
+    "MAX_REDUCTION",
+    "MAX_SIDE",
+    "MAX_SYNTH_SAMPLES",
+    "MAX_SYNTH_SIZE",
+    "MAX_TEMPORAL_LAYERS",
+    "MIN_SYNTH_SIZE",
+]
+
+# video input
+MAX_FRAMES = 4096  # most frames one clip may hold (num_frames, max_frames, and the implicit caps)
+MAX_FPS = 240.0  # highest sampling rate: beyond it every frame of any real video is already taken
+MAX_SIDE = 16384  # larger frames are refused before anything is decoded
+MAX_PIXELS = 1 << 27  # ~134 Mpx, e.g. 11585 x 11585
+
+# model
+MAX_TEMPORAL_LAYERS = 64  # L: deeper than any published temporal module by far (the paper uses 2-4)
+MAX_REDUCTION = MAX_FRAMES  # k, p, s: pooling or sampling beyond the longest clip changes nothing
+MAX_NEW_TOKENS = 1 << 20  # most tokens one answer may ask for (CLI, server); answers are also cut to the context
+
+# generated data
+MAX_SYNTH_SAMPLES = 10_000_000  # clips of one set (a training sampler holds a permutation of them)
+MIN_SYNTH_SIZE, MAX_SYNTH_SIZE = 8, 1024  # frame side in pixels (below 8 the square is 2 px)
