@@ -7,37 +7,39 @@ import sys
 
 import pytest
 import torch
-from transformers import Qwen2ForCausalLM, SiglipConfig, SiglipModel, SiglipTextConfig, SiglipVisionModel
+from transformers import Qwen2ForCausalLM
 from typer.testing import CliRunner
 
 from storm_vlm import StormForConditionalGeneration, StormProcessor
 from storm_vlm.cli import app
-from storm_vlm.presets import tiny_image_processor, tiny_text_config, tiny_tokenizer, tiny_vision_config
+from storm_vlm.presets import tiny_text_config, tiny_tokenizer
 
 from .conftest import random_frames
+from .test_from_parts import save_part
 from .test_temporal_init import _first_frame_shift
 
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", params=["vision-only", "dual-encoder"])
+PART_KINDS = {  # fixture param → (checkpoint kind, saved layout) of tests/test_from_parts.py
+    "vision-only": ("siglip-vision", "saved"),
+    "dual-encoder": ("siglip-dual", "saved"),
+    "paligemma": ("paligemma", "hub"),  # configs/7b-stage1.yaml's tower: keys vision_tower.vision_model.*
+}
+
+
+@pytest.fixture(scope="module", params=list(PART_KINDS))
 def parts(request, tmp_path_factory):
-    """A tiny 'pretrained' SigLIP and Qwen2 with tokenizer, saved as a hub snapshot would be."""
-    torch.manual_seed(1)
+    """A tiny 'pretrained' SigLIP (alone, in a dual encoder or in PaliGemma) and Qwen2 with tokenizer."""
     root = tmp_path_factory.mktemp(request.param)
-    vision_dir, llm_dir = root / "siglip", root / "qwen2"
-    if request.param == "vision-only":
-        vision = SiglipVisionModel(tiny_vision_config())
-    else:
-        text = SiglipTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
-        vision = SiglipModel(SiglipConfig(text_config=text.to_dict(), vision_config=tiny_vision_config().to_dict()))
-    vision.save_pretrained(vision_dir)
-    tiny_image_processor().save_pretrained(vision_dir)
+    vision_dir, llm_dir = root / "vision", root / "qwen2"
+    kind, layout = PART_KINDS[request.param]
+    vision_state = save_part(kind, vision_dir, layout)
+    torch.manual_seed(1)
     tokenizer = tiny_tokenizer(placeholders=False)
     llm = Qwen2ForCausalLM(tiny_text_config(len(tokenizer)))  # no spare rows: placeholders force a resize
     llm.save_pretrained(llm_dir)
     tokenizer.save_pretrained(llm_dir)
-    vision_state = (vision.vision_model if hasattr(vision, "text_model") else vision).state_dict()
     return vision_dir, llm_dir, vision_state, llm.state_dict()
 
 

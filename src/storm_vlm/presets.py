@@ -9,7 +9,7 @@ shipped in this file, so tests and the demo run offline.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, SiglipImageProcessorPil, SiglipVisionConfig
@@ -18,6 +18,9 @@ from .configuration_storm import StormConfig
 from .model_dir import atomic_directory
 from .modeling.modeling_storm import StormForConditionalGeneration
 from .processing_storm import CHATML_TEMPLATE, StormProcessor, add_placeholder_tokens, stop_token_ids
+
+if TYPE_CHECKING:
+    from transformers.image_processing_utils import BaseImageProcessor
 
 __all__ = ["PRESETS", "build_preset", "tiny_tokenizer"]
 
@@ -137,8 +140,34 @@ def build_from_parts(
     tokenizer = AutoTokenizer.from_pretrained(llm)
     model = StormForConditionalGeneration.from_parts(vision, llm, tokenizer=tokenizer, dtype=dtype, **storm_options)
     set_generation_tokens(model, tokenizer)
-    processor = StormProcessor.from_config(AutoImageProcessor.from_pretrained(vision), tokenizer, model.config)
+    image_processor = frame_processor(AutoImageProcessor.from_pretrained(vision), model.config.vision_config.image_size)
+    processor = StormProcessor.from_config(image_processor, tokenizer, model.config)
     return model, processor
+
+
+def frame_processor(image_processor: BaseImageProcessor, image_size: int) -> BaseImageProcessor:
+    """The part's image processor if it makes a frame one ``image_size``² image, else a SigLIP-style one.
+
+    STORM feeds each frame whole, squared to the tower's input, and its CUDA preprocessing reads
+    ``size["height"]`` / ``size["width"]``. A VLM's multi-crop processor (LLaVA-OneVision's
+    any-res) or a shortest-edge + centre-crop one (CLIP's) does not fit that, so only its
+    normalisation is kept.
+    """
+    import numpy as np
+
+    size = getattr(image_processor, "size", None) or {}
+    if size.get("height") == image_size and size.get("width") == image_size:
+        probe = np.zeros((image_size // 2, image_size, 3), np.uint8)  # not square: a crop or tiling shows
+        pixels = image_processor(images=[probe], return_tensors="pt")["pixel_values"]
+        if tuple(pixels.shape) == (1, 3, image_size, image_size):
+            return image_processor
+    return SiglipImageProcessorPil(
+        size={"height": image_size, "width": image_size},
+        resample=getattr(image_processor, "resample", 3),
+        rescale_factor=getattr(image_processor, "rescale_factor", 1 / 255),
+        image_mean=list(getattr(image_processor, "image_mean", None) or (0.5, 0.5, 0.5)),
+        image_std=list(getattr(image_processor, "image_std", None) or (0.5, 0.5, 0.5)),
+    )
 
 
 def save_model_dir(model: StormForConditionalGeneration, processor: StormProcessor, out: str | Path) -> Path:
