@@ -44,4 +44,4 @@ def test_a_storm_class_registers_every_auto_class():
     assert AutoModel._model_mapping[StormConfig].__name__ == "StormForConditionalGeneration"
     assert AutoModelForImageTextToText._model_mapping[StormConfig].__name__ == "StormForConditionalGeneration"
     assert PROCESSOR_MAPPING[StormConfig].__name__ == "StormProcessor"
-    assert set(storm_vlm.__all__) <= set(dir(storm_vlm))
+    assert sorted(storm_vlm.__all__) == sorted(storm_vlm._LAZY) and set(storm_vlm.__all__) <= set(dir(storm_vlm))

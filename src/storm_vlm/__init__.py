@@ -28,7 +28,18 @@ _LAZY = {
     "sample_frames": ".video",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "ReductionSettings",
+    "StormConfig",
+    "StormForConditionalGeneration",
+    "StormProcessor",
+    "VideoClip",
+    "VideoError",
+    "ask",
+    "load_model",
+    "num_visual_tokens",
+    "sample_frames",
+]
 
 if TYPE_CHECKING:
     from .configuration_storm import StormConfig

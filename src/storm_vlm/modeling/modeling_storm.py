@@ -328,6 +328,17 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
             **kwargs,
         )
 
+    def save_pretrained(self, save_directory: str | Path, *args, **kwargs) -> None:  # type: ignore[override]
+        """transformers' save, plus the code, ``auto_map`` and a model card (:mod:`storm_vlm.remote_code`):
+        the directory then loads with ``trust_remote_code=True`` where storm-vlm is not installed."""
+        from ..remote_code import AUTO_MAP, write_model_card, write_remote_code
+
+        self.config.auto_map = dict(AUTO_MAP)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_remote_code(save_directory)
+            write_model_card(save_directory, self.config)
+
     def generate(self, *args, **kwargs):
         """transformers' ``generate``; with :attr:`fast_path` set, on a static cache with a compiled step."""
         if self.fast_path is not None and not args:
