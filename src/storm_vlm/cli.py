@@ -234,9 +234,9 @@ def eval_(
         int | None, typer.Option(min=1, help="Fit at most N visual tokens per question (chooses k, then s).")
     ] = None,
     tasks: Annotated[str | None, typer.Option(help="Only these tasks, comma-separated.")] = None,
-    scoring: Annotated[Scoring, typer.Option(help="Parse a generated letter, or compare letter log-likelihoods.")] = (
-        Scoring.generate
-    ),
+    scoring: Annotated[
+        Scoring, typer.Option(help="Parse a generated letter, or pick the most likely option text (summed log-probs).")
+    ] = (Scoring.generate),
     out: Annotated[Path | None, typer.Option(help="Output folder (default outputs/eval/BENCH-MODEL).")] = None,
     mamba_usage: Annotated[
         bool,

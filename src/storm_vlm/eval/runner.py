@@ -2,12 +2,12 @@
 
 For each question: sample the clip (uniform N frames, within the benchmark's start/end bounds),
 build the benchmark's prompt, then either generate a short answer and parse its option letter
-(``scoring="generate"``, what lmms-eval does) or compare the next-token log-likelihood of each
-option letter (``scoring="loglik"``). Every prediction is appended to a per-process JSONL as soon
-as it is made, so a rerun skips what is already answered. Under ``accelerate launch`` each process
-takes every k-th question; the main process merges the shards (each question once) and writes
-``results.json`` (every prediction, accuracy per task / duration group / overall, config, frames,
-visual tokens, timings) and ``summary.md``.
+(``scoring="generate"``, what lmms-eval does) or pick the option whose text is most likely after
+the prompt, log-probabilities summed over its tokens (``scoring="loglik"``). Every prediction is
+appended to a per-process JSONL as soon as it is made, so a rerun skips what is already answered.
+Under ``accelerate launch`` each process takes every k-th question; the main process merges the
+shards (each question once) and writes ``results.json`` (every prediction, accuracy per task /
+duration group / overall, config, frames, visual tokens, timings) and ``summary.md``.
 
 With ``EvalSettings.scan_cut`` every question is also scored a second time inside
 ``model.scan_cut()`` (the temporal Mamba scans each frame alone) on the same sampled frames: the
