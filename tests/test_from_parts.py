@@ -254,6 +254,20 @@ def test_tower_and_llm_weights_are_the_checkpoints(kind, layout, shard, llm, tmp
     assert_llm_kept(storm, llm_state)
 
 
+def test_generation_stops_at_the_end_of_turn_without_being_told(llm, tmp_path):
+    """from_parts puts the stop and pad ids in the generation config: no generate() call repeats them."""
+    from transformers import AutoTokenizer
+
+    from storm_vlm.processing_storm import add_placeholder_tokens, stop_token_ids
+
+    save_part("siglip-vision", tmp_path, "saved")
+    storm = StormForConditionalGeneration.from_parts(tmp_path, llm[0], temporal_layers=1)
+    tokenizer = AutoTokenizer.from_pretrained(llm[0])
+    add_placeholder_tokens(tokenizer)
+    assert storm.generation_config.eos_token_id == stop_token_ids(tokenizer)
+    assert storm.generation_config.pad_token_id == tokenizer.pad_token_id is not None
+
+
 def test_dtype_is_applied_to_the_loaded_tower(llm, tmp_path):
     tower_state = save_part("paligemma", tmp_path, "hub")
     storm = StormForConditionalGeneration.from_parts(tmp_path, llm[0], dtype=torch.bfloat16, temporal_layers=1)

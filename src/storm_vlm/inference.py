@@ -121,6 +121,10 @@ def load_model(
         )
         _check_loading_info(path, info)
         processor = StormProcessor.from_pretrained(path)
+        # directories written before the generation config carried them: the processor knows
+        model.generation_config.eos_token_id = processor.stop_token_ids
+        if model.generation_config.pad_token_id is None:
+            model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     except SafetensorError as err:  # a truncated, empty or random weight file
         raise ModelLoadError(f"{path / 'model.safetensors'}: not a readable weight file ({err})") from None
     except (OSError, ValueError, RuntimeError) as err:  # missing / mismatched weights, bad files
@@ -257,7 +261,6 @@ def prepare_inputs(
 
 def generate_timed(
     model: StormForConditionalGeneration,
-    processor: StormProcessor,
     prepared: PreparedInputs,
     max_new_tokens: int,
     min_new_tokens: int = 0,
@@ -278,8 +281,6 @@ def generate_timed(
             max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
             streamer=clock,
-            pad_token_id=processor.tokenizer.pad_token_id,
-            eos_token_id=processor.stop_token_ids,
             **generate_kwargs,
         )
         timer._sync()
@@ -335,7 +336,7 @@ def ask(
     prepared.timer.timings["decode"] = decode_seconds
     sampling = dict(temperature=temperature, top_p=top_p) if do_sample else {}
     limit = prepared.new_token_limit(max_new_tokens)
-    new_tokens = generate_timed(model, processor, prepared, limit, do_sample=do_sample, **sampling)
+    new_tokens = generate_timed(model, prepared, limit, do_sample=do_sample, **sampling)
     return Answer(
         text=processor.decode(new_tokens).strip(),
         num_frames=len(clip),

@@ -139,7 +139,6 @@ def build_from_parts(
 
     tokenizer = AutoTokenizer.from_pretrained(llm)
     model = StormForConditionalGeneration.from_parts(vision, llm, tokenizer=tokenizer, dtype=dtype, **storm_options)
-    set_generation_tokens(model, tokenizer)
     image_processor = frame_processor(AutoImageProcessor.from_pretrained(vision), model.config.vision_config.image_size)
     processor = StormProcessor.from_config(image_processor, tokenizer, model.config)
     return model, processor

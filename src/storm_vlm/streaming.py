@@ -116,8 +116,6 @@ class StormStream:
             inputs_embeds=embeds,
             attention_mask=ids["attention_mask"],
             max_new_tokens=max_new_tokens,
-            pad_token_id=processor.tokenizer.pad_token_id,
-            eos_token_id=processor.stop_token_ids,
             **generate_kwargs,
         )
         return processor.decode(out[0]).strip()

@@ -139,7 +139,7 @@ def _measure_cell(args: dict[str, Any]) -> dict[str, Any]:
         clip = sample_frames(args["video"], num_frames=clip_frames)
         decode_s = time.perf_counter() - started
         prepared = prepare_inputs(model, processor, clip, "Describe what happens in the video.", settings)
-        generate_timed(model, processor, prepared, new_tokens, min_new_tokens=new_tokens)
+        generate_timed(model, prepared, new_tokens, min_new_tokens=new_tokens)
         t = prepared.timer.timings
         latency = {"decode": decode_s, "vision": t["preprocess"] + t["vision"], "temporal": t["temporal"],
                    "prefill": t["prefill"], "decoding": t["decoding"]}  # fmt: skip

@@ -108,8 +108,6 @@ class StormLmms(_Base):
                     do_sample=temperature > 0 and _as_bool(gen_kwargs.get("do_sample", True)),
                     temperature=temperature if temperature > 0 else None,
                     top_p=gen_kwargs.get("top_p") if temperature > 0 else None,
-                    pad_token_id=self.processor.tokenizer.pad_token_id,
-                    eos_token_id=self.processor.stop_token_ids,
                 )
             text = self.processor.decode(out[0])
             for stop in until:

@@ -132,8 +132,6 @@ def _predict(
                 attention_mask=prepared.attention_mask,
                 max_new_tokens=settings.max_new_tokens,
                 do_sample=False,
-                pad_token_id=processor.tokenizer.pad_token_id,
-                eos_token_id=processor.stop_token_ids,
             )
             raw = processor.decode(out[0]).strip()
             letter = parse_letter(raw, len(item.options), item.options)

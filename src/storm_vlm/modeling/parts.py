@@ -179,7 +179,7 @@ def build_from_parts(
     ``tokenizer`` (the LLM's, loaded from ``llm_path`` when not given) gets the ``<video>`` /
     ``<image>`` placeholders, and the LLM's embeddings grow to hold them.
     """
-    from ..processing_storm import add_placeholder_tokens
+    from ..processing_storm import add_placeholder_tokens, stop_token_ids
 
     tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(llm_path)
     video_token_id, image_token_id = add_placeholder_tokens(tokenizer)
@@ -195,4 +195,8 @@ def build_from_parts(
         **storm_options,
     )
     model = cls(config, vision_tower=vision, language_model=llm)
+    # Generation stops at the end of the assistant turn and pads with the tokenizer's pad token,
+    # so every caller's generate() needs neither (saved with the model as generation_config.json).
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.to(dtype) if dtype is not None else model

@@ -263,8 +263,6 @@ def create_app(model, processor, config: ServerConfig | None = None, model_id: s
     def gen_kwargs(req: ChatRequest, prepared, deadline: Deadline) -> dict[str, Any]:
         kw: dict[str, Any] = {
             "max_new_tokens": prepared.new_token_limit(min(req.max_tokens or cfg.max_new_tokens, cfg.max_new_tokens)),
-            "pad_token_id": processor.tokenizer.pad_token_id,
-            "eos_token_id": processor.stop_token_ids,
             "do_sample": req.temperature > 0,
             "stopping_criteria": StoppingCriteriaList([DeadlineStop(deadline)]),
         }
