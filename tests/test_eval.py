@@ -464,3 +464,56 @@ def test_cli_mamba_usage(synth_root, tiny_dir, tmp_path):
     saved = json.loads((tmp_path / "o" / "frames-4" / "results.json").read_text())
     assert saved["mamba_usage"]["applies"] and saved["mamba_usage"]["overall"]["answered"] == 2
     assert all("parsed_cut" in r and "correct_cut" in r for r in saved["predictions"])
+
+
+def test_results_are_tied_to_the_model_and_settings(synth_root, tiny_dir, tmp_path, monkeypatch):
+    """A folder resumes only the run that made it: another k, scoring or model is refused, naming what
+    differs; another --limit is the same run. Default folders differ per model and settings."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "eval"
+    kw = dict(device="cpu", scoring="loglik", out=out)
+    first = run_benchmark(tiny_dir, "synthetic", synth_root, [4], limit=3, **kw)[4]
+    assert len(first["predictions"]) == 3
+    assert first["config"]["model_fingerprint"] and first["config"]["prompt_sha"]
+    more = run_benchmark(tiny_dir, "synthetic", synth_root, [4], **kw)[4]  # the same run, resumed and extended
+    assert len(more["predictions"]) == 6
+    assert [r for r in more["predictions"] if r["id"] in {p["id"] for p in first["predictions"]}] == first[
+        "predictions"
+    ]
+    with pytest.raises(ValueError, match=r"another run \(temporal_pool 1 → 2\)"):
+        run_benchmark(tiny_dir, "synthetic", synth_root, [4], temporal_pool=2, **kw)
+    with pytest.raises(ValueError, match="scoring 'loglik' → 'generate'"):
+        run_benchmark(tiny_dir, "synthetic", synth_root, [4], **{**kw, "scoring": "generate"})
+    other = tmp_path / "other-model" / "final"  # another training of the same architecture, also named final
+    shutil.copytree(tiny_dir, other)
+    weights = load_file(other / "model.safetensors")
+    key = sorted(k for k in weights if k.startswith("projector."))[0]  # as stage 1 trains: one part changes
+    weights[key] = weights[key] + 0.01
+    save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="model_fingerprint"):
+        run_benchmark(other, "synthetic", synth_root, [4], **kw)
+    (out / "frames-4" / "run.json").unlink()
+    with pytest.raises(ValueError, match=r"without run\.json"):
+        run_benchmark(tiny_dir, "synthetic", synth_root, [4], **kw)
+    monkeypatch.chdir(tmp_path)
+    a = run_benchmark(tiny_dir, "synthetic", synth_root, [2], device="cpu", scoring="loglik", limit=1)
+    b = run_benchmark(other, "synthetic", synth_root, [2], device="cpu", scoring="loglik", limit=1)
+    c = run_benchmark(tiny_dir, "synthetic", synth_root, [2], device="cpu", scoring="loglik", limit=1, temporal_pool=2)
+    folders = sorted(p.name for p in (tmp_path / "outputs" / "eval").iterdir())
+    assert len(folders) == 3 and all(f.startswith("synthetic-") for f in folders)
+    assert a[2]["config"]["model_fingerprint"] != b[2]["config"]["model_fingerprint"]
+    assert c[2]["config"]["temporal_pool"] == 2
+    summary = next((tmp_path / "outputs" / "eval").glob("*k2p1s1*")).joinpath("frames-2", "summary.md").read_text()
+    assert "k=2 p=1 s=1" in summary and "model fingerprint" in summary and "prompt version" in summary
+
+
+def test_a_sweep_flags_frame_counts_the_clips_cannot_supply(synth_root, tiny_dir, tmp_path):
+    results = run_benchmark(tiny_dir, "synthetic", synth_root, [4, 16], device="cpu", scoring="loglik",
+                            out=tmp_path / "sweep", limit=2)  # fmt: skip
+    assert results[4]["frames_short"] == {"items": 0, "min_frames": None}
+    assert results[16]["frames_short"] == {"items": 2, "min_frames": 8}  # 8-frame clips
+    summary = (tmp_path / "sweep" / "frames-16" / "summary.md").read_text()
+    assert "2 question(s) got fewer than 16 frames" in summary and "as few as 8" in summary

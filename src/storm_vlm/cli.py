@@ -237,7 +237,9 @@ def eval_(
     scoring: Annotated[
         Scoring, typer.Option(help="Parse a generated letter, or pick the most likely option text (summed log-probs).")
     ] = (Scoring.generate),
-    out: Annotated[Path | None, typer.Option(help="Output folder (default outputs/eval/BENCH-MODEL).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default outputs/eval/BENCH-MODEL-FINGERPRINT-kKpPsS-SCORING).")
+    ] = None,
     mamba_usage: Annotated[
         bool,
         typer.Option(

@@ -14,6 +14,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ..model_dir import model_fingerprint
 from ..modeling.reduction import settings_for_budget
 from .benchmarks import BENCHMARKS, load_benchmark
 from .items import MCItem, parse_letter
@@ -74,12 +75,22 @@ def run_benchmark(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, processor = load_model(model_dir, device=device, fast=fast)
     reduction = model.reduction_settings(temporal_pool, spatial_pool, temporal_sampling)
-    out = Path(out) if out is not None else Path("outputs") / "eval" / f"{benchmark}-{Path(model_dir).name}"
+    fingerprint = model_fingerprint(model_dir)
+    if out is None:  # one folder per model and settings: two `.../final` models never share one
+        r = reduction
+        tag = (
+            f"budget{token_budget}"
+            if token_budget is not None
+            else f"k{r.temporal_pool}p{r.spatial_pool}s{r.temporal_sampling}"
+        )
+        out = Path("outputs") / "eval" / f"{benchmark}-{Path(model_dir).name}-{fingerprint[:8]}-{tag}-{scoring}"
+    out = Path(out)
     if problems:
         console.print(
             f"[yellow]{len(problems)} malformed {benchmark} entr(ies) skipped[/yellow] (listed in summary.md)"
         )
-    config = {"benchmark": benchmark, "model": str(model_dir), "data_root": str(data_root), "tasks": tasks}
+    config = {"benchmark": benchmark, "model": str(model_dir), "model_fingerprint": fingerprint,
+              "data_root": str(Path(data_root).resolve()), "tasks": tasks, "token_budget": token_budget}  # fmt: skip
     results: dict[int, dict[str, Any]] = {}
     if token_budget is not None and any(v is not None for v in (temporal_pool, spatial_pool, temporal_sampling)):
         raise ValueError("give --token-budget or explicit --temporal-pool / --spatial-pool / --sample, not both")
@@ -91,6 +102,12 @@ def run_benchmark(
         res = evaluate(model, processor, items, bench.prompt, settings, out / f"frames-{n}", config, problems, console)
         if res is not None:
             results[n] = res
+            if res["frames_short"]["items"]:
+                console.print(
+                    f"[yellow]{res['frames_short']['items']} question(s) have fewer than {n} frames[/yellow] "
+                    f"(as few as {res['frames_short']['min_frames']}): the {n}-frame result does not measure {n} "
+                    "frames for them"
+                )
             console.print(
                 f"{benchmark} {n} frames: accuracy {_pct(res['overall']['accuracy'])} "
                 f"({res['overall']['answered']} answered, {res['overall']['errors']} errors){_usage_line(res)} "

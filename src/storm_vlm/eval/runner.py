@@ -21,6 +21,7 @@ not apply and the second pass is not run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 import time
@@ -197,6 +198,8 @@ def evaluate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rank, world, state = _rank_world()
+    identity = {**(config or {}), **settings_identity(settings), "prompt_sha": prompt_digest(items, prompt_fn)}
+    _claim(out, identity, rank)  # before the limit: a rerun with another --limit is the same run
     if settings.limit is not None:
         items = items[: settings.limit]
     has_temporal = model.temporal is not None
@@ -250,13 +253,63 @@ def evaluate(
     results = summarize(
         [merged[i] for i in wanted if i in merged],
         settings,
-        config or {},
+        identity,
         load_problems or [],
         has_temporal=has_temporal,
     )
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "summary.md").write_text(markdown_summary(results))
     return results
+
+
+RUN_FILE = "run.json"
+IDENTITY_IGNORED = ("model", "tasks")  # a moved model directory is the same model; tasks filter the same run
+
+
+def settings_identity(settings: EvalSettings) -> dict[str, Any]:
+    """What in the settings decides a prediction (``limit`` and ``scan_cut`` only choose which are made)."""
+    return {
+        "num_frames": settings.num_frames,
+        "temporal_pool": settings.reduction.temporal_pool,
+        "spatial_pool": settings.reduction.spatial_pool,
+        "temporal_sampling": settings.reduction.temporal_sampling,
+        "scoring": settings.scoring,
+        "max_new_tokens": settings.max_new_tokens,
+    }
+
+
+def prompt_digest(items: list[MCItem], prompt_fn: PromptFn) -> str:
+    """The prompt version: a hash of the prompts of the first 16 questions, as the model sees them."""
+    digest = hashlib.sha256()
+    for item in items[:16]:
+        digest.update(prompt_fn(item).encode("utf-8", "replace"))
+    return digest.hexdigest()[:12]
+
+
+def _claim(out: Path, identity: dict[str, Any], rank: int) -> None:
+    """Resume only the same run: ``out/run.json`` records what produced its predictions.
+
+    Predictions are resumed by question id, so another model or other settings in the same folder
+    would silently pass for new results; they are refused instead, with the fields that differ.
+    """
+    run_file = out / RUN_FILE
+    if run_file.is_file():
+        recorded = json.loads(run_file.read_text())
+        keys = sorted((set(recorded) | set(identity)) - set(IDENTITY_IGNORED))
+        differ = [k for k in keys if recorded.get(k) != identity.get(k)]
+        if differ:
+            what = ", ".join(f"{k} {recorded.get(k)!r} → {identity.get(k)!r}" for k in differ)
+            raise ValueError(f"{out} holds predictions of another run ({what}): pass another --out or remove it")
+        return
+    if any(out.glob("predictions*.jsonl")):
+        raise ValueError(
+            f"{out} holds predictions without {RUN_FILE} (no record of the model and settings that made them): "
+            "pass another --out or remove it"
+        )
+    if rank == 0:
+        tmp = run_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(identity, indent=1, sort_keys=True))
+        tmp.replace(run_file)
 
 
 def _accuracy(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -328,8 +381,10 @@ def summarize(
     usage: dict[str, Any] = {}
     if settings.scan_cut:
         usage = {"mamba_usage": mamba_usage(rows) if has_temporal else {"applies": False, "reason": NOT_APPLICABLE}}
+    short = [r for r in ok if r["frames"] < settings.num_frames]
     return {
         "overall": _accuracy(rows),
+        "frames_short": {"items": len(short), "min_frames": min((r["frames"] for r in short), default=None)},
         "per_task": {t: _accuracy(v) for t, v in sorted(by_task.items())},
         "per_duration_group": {g: _accuracy(v) for g, v in sorted(by_group.items())},
         "config": {
@@ -339,6 +394,7 @@ def summarize(
             "spatial_pool": settings.reduction.spatial_pool,
             "temporal_sampling": settings.reduction.temporal_sampling,
             "scoring": settings.scoring,
+            "max_new_tokens": settings.max_new_tokens,
             "scan_cut": settings.scan_cut,
         },
         "mean_frames": statistics.mean(r["frames"] for r in ok) if ok else None,
@@ -355,14 +411,30 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
+def _short_note(results: dict[str, Any], num_frames: int) -> list[str]:
+    short = results.get("frames_short") or {}
+    if not short.get("items"):
+        return []
+    return [
+        f"**{short['items']} question(s) got fewer than {num_frames} frames** (their clips are shorter; as few as "
+        f"{short['min_frames']}): this column does not measure {num_frames} frames for them.",
+        "",
+    ]
+
+
 def markdown_summary(results: dict[str, Any]) -> str:
     c = results["config"]
     lines = [
         f"# {c.get('benchmark', 'evaluation')}: {c.get('model', '')}",
         "",
-        f"{c['num_frames']} frames, k={c['temporal_pool']} p={c['spatial_pool']} s={c['temporal_sampling']}, "
-        f"scoring {c['scoring']}; mean visual tokens {results['mean_visual_tokens']}",
+        f"{c['num_frames']} frames, k={c['temporal_pool']} p={c['spatial_pool']} s={c['temporal_sampling']}"
+        + (f" (token budget {c['token_budget']})" if c.get("token_budget") else "")
+        + f", scoring {c['scoring']}; mean visual tokens {results['mean_visual_tokens']}",
         "",
+        f"model fingerprint {c.get('model_fingerprint', '?')}, prompt version {c.get('prompt_sha', '?')}, "
+        f"data {c.get('data_root', '?')}",
+        "",
+        *_short_note(results, c["num_frames"]),
         "| task | accuracy (%) | answered | errors | unparsed |",
         "|---|---|---|---|---|",
     ]
