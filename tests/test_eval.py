@@ -517,3 +517,45 @@ def test_a_sweep_flags_frame_counts_the_clips_cannot_supply(synth_root, tiny_dir
     assert results[16]["frames_short"] == {"items": 2, "min_frames": 8}  # 8-frame clips
     summary = (tmp_path / "sweep" / "frames-16" / "summary.md").read_text()
     assert "2 question(s) got fewer than 16 frames" in summary and "as few as 8" in summary
+
+
+def test_lmms_eval_plugin_frames_text_only_order_and_ranks(tiny, tmp_path):
+    """A list of PIL frames is one clip; two-argument loglikelihood scores text alone; results come back
+    in request order although they run longest-first; rank, world size and device are accelerate's."""
+    import numpy as np
+    import torch
+    from accelerate import PartialState
+    from PIL import Image
+
+    from storm_vlm.eval.lmms_eval_plugin import StormLmms
+    from storm_vlm.inference import prepare_inputs
+
+    model, processor = tiny
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    plugin = StormLmms(pretrained=str(tmp_path / "m"), num_frames="4", device="cpu")
+    state = PartialState()
+    assert (plugin.rank, plugin.world_size) == (state.process_index, state.num_processes)
+    assert plugin.device == torch.device("cpu") and plugin.batch_size == 1
+    frames = [Image.fromarray(np.full((32, 32, 3), 20 * i, np.uint8)) for i in range(10)]
+    clip = plugin._clip(frames)
+    assert len(clip) == 4 and not clip.is_image  # 10 frames sampled uniformly to num_frames
+    assert [int(clip.frames[i, 0, 0, 0]) for i in range(4)] == [0, 60, 120, 180]
+    assert plugin._clip(frames[:1]).is_image
+    plugin.task_dict = {"t": {"test": [{"frames": frames, "answer": "B"}]}}
+    to_visual = lambda d: d["frames"]  # noqa: E731
+    video_ll = StandInInstance("loglikelihood", ("Which? A or B", lambda d: d["answer"], to_visual, 0, "t", "test"))
+    text_ll = StandInInstance(
+        "loglikelihood", ("The answer is", " B"), metadata={"task": "t", "doc_id": 0, "repeats": 1}
+    )
+    (video_score, _), (text_score, _) = plugin.loglikelihood([video_ll, text_ll])
+    prepared = prepare_inputs(model, processor, clip, "Which? A or B", plugin.settings)
+    assert video_score == pytest.approx(plugin._score(prepared.inputs_embeds, prepared.attention_mask, "B")[0])
+    ids = processor.tokenizer("The answer is", return_tensors="pt")
+    embeds = model.get_input_embeddings()(ids["input_ids"])
+    assert text_score == pytest.approx(plugin._score(embeds, ids["attention_mask"], " B")[0]) and text_score < 0
+    short = StandInInstance("generate_until", ("Q?", {"max_new_tokens": 2}, to_visual, 0, "t", "test"))
+    long = StandInInstance("generate_until", ("A much longer question?" * 3, {"max_new_tokens": 2}, to_visual, 0, "t",
+                                              "test"))  # fmt: skip
+    both = plugin.generate_until([short, long])
+    assert both == [plugin.generate_until([short])[0], plugin.generate_until([long])[0]]

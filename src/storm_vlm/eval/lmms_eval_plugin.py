@@ -7,7 +7,14 @@ and ``generate_until_multi_round``, reading each request's ``args`` as lmms-eval
 ``construct_requests`` lays them out:
 
 - generate_until: ``(context, gen_kwargs, doc_to_visual, doc_id, task, split)``
-- loglikelihood: ``(context, doc_to_target, doc_to_visual, doc_id, task, split)``
+- loglikelihood: ``(context, doc_to_target, doc_to_visual, doc_id, task, split)``, or the
+  two-argument ``(context, continuation)`` of text-only requests (``acc_mutual_info``)
+
+Data parallel under ``accelerate launch -m lmms_eval``: rank, world size and device come from
+accelerate (each rank on its own GPU), which lmms-eval's evaluator shards by. A task's visual is a
+video path, one PIL image, or a list of PIL frames (MVBench's frame tasks), which becomes one clip
+sampled to ``num_frames``. Requests run in lmms-eval's order of longest context first, with a
+progress bar on rank 0, and come back in the order given.
 
 Without lmms-eval installed the class still imports (on a minimal base) so that it can be tested.
 """
@@ -62,8 +69,9 @@ class StormLmms(_Base):
         super().__init__()
         from ..inference import load_model
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, self.processor = load_model(pretrained, device=device)
+        self._rank, self._world_size, default_device = _distributed()
+        self._device = torch.device(device) if device else default_device
+        self.model, self.processor = load_model(pretrained, device=self._device)
         self.num_frames = int(num_frames)
         self.settings = self.model.reduction_settings(
             *(int(v) if v is not None else None for v in (temporal_pool, spatial_pool, temporal_sampling))
@@ -71,18 +79,55 @@ class StormLmms(_Base):
         self.max_new_tokens = int(max_new_tokens)
         self.batch_size_per_gpu = int(batch_size)
 
+    # -- what lmms-eval's evaluator reads --------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def world_size(self) -> int:
+        return self._world_size
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_size_per_gpu
+
     # -- helpers -----------------------------------------------------------------------------
     def _clip(self, visuals: Any):
-        from ..video import VideoClip, sample_frames
+        from ..video import VideoClip, sample_frames, uniform_positions
 
-        visual = visuals[0] if isinstance(visuals, (list, tuple)) and visuals else visuals
+        items = list(visuals) if isinstance(visuals, (list, tuple)) else [visuals]
+        if not items:
+            raise ValueError("the request has no visual input")
+        visual = items[0]
         if isinstance(visual, (str, bytes)) or hasattr(visual, "__fspath__"):
             return sample_frames(visual, num_frames=self.num_frames)
-        if hasattr(visual, "convert"):  # a PIL image
-            frame = np.asarray(visual.convert("RGB"))
-            h, w = frame.shape[:2]
-            return VideoClip(frame[None], np.zeros(1), np.zeros(1, np.int64), 0.0, 0.0, (h, w), 1, is_image=True)
+        if all(hasattr(v, "convert") for v in items):  # PIL: one image, or the frames of one video
+            frames = [np.asarray(v.convert("RGB")) for v in items]
+            if len({f.shape for f in frames}) > 1:
+                raise ValueError("the frames of one video differ in size")
+            if len(frames) > self.num_frames:
+                frames = [frames[i] for i in uniform_positions(len(frames), self.num_frames)]
+            stack = np.stack(frames)
+            t, h, w = stack.shape[:3]
+            times = np.arange(t, dtype=np.float64)
+            return VideoClip(stack, times, np.arange(t), 1.0, float(t), (h, w), t, is_image=len(items) == 1)
         raise ValueError(f"unsupported visual input {type(visual).__name__}")
+
+    def _in_order(self, requests, run) -> list:
+        """``run(request)`` for each request, longest context first (as lmms-eval's Collator orders
+        them), with a progress bar on rank 0; results in the order of ``requests``."""
+        from tqdm import tqdm
+
+        order = sorted(range(len(requests)), key=lambda i: -len(str(requests[i].args[0])))
+        results: list = [None] * len(requests)
+        for i in tqdm(order, total=len(order), disable=self._rank != 0, desc="storm_vlm"):
+            results[i] = run(requests[i])
+        return results
 
     def _visuals(self, doc_to_visual, doc_id, task, split) -> Any:
         return doc_to_visual(self.task_dict[task][split][doc_id])
@@ -91,8 +136,7 @@ class StormLmms(_Base):
     def generate_until(self, requests) -> list[str]:
         from ..inference import prepare_inputs
 
-        outputs = []
-        for request in requests:
+        def one(request) -> str:
             context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
             clip = self._clip(self._visuals(doc_to_visual, doc_id, task, split))
             prepared = prepare_inputs(self.model, self.processor, clip, context, self.settings)
@@ -113,34 +157,56 @@ class StormLmms(_Base):
             for stop in until:
                 if stop and stop in text:
                     text = text.split(stop)[0]
-            outputs.append(text.strip())
-        return outputs
+            return text.strip()
+
+        return self._in_order(requests, one)
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         """log p(continuation | context, visuals) summed over its tokens, and whether greedy decoding
         would have produced it."""
         from ..inference import prepare_inputs
 
-        results = []
-        for request in requests:
+        tokenizer = self.processor.tokenizer
+
+        def one(request) -> tuple[float, bool]:
+            if len(request.args) == 2:  # text only (acc_mutual_info): the context as plain text, no media
+                context, continuation = request.args
+                ids = tokenizer(context, return_tensors="pt")
+                with torch.inference_mode():
+                    embeds = self.model.get_input_embeddings()(ids["input_ids"].to(self.model.device))
+                return self._score(embeds, ids["attention_mask"].to(self.model.device), str(continuation))
             context, doc_to_target, doc_to_visual, doc_id, task, split = request.args
             doc = self.task_dict[task][split][doc_id]
             continuation = doc_to_target(doc) if callable(doc_to_target) else str(doc_to_target)
             clip = self._clip(doc_to_visual(doc))
             prepared = prepare_inputs(self.model, self.processor, clip, context, self.settings)
-            ids = self.processor.tokenizer(continuation, add_special_tokens=False, return_tensors="pt")["input_ids"]
-            ids = ids.to(self.model.device)
-            with torch.inference_mode():
-                cont = self.model.get_input_embeddings()(ids)
-                embeds = torch.cat([prepared.inputs_embeds, cont], dim=1)
-                mask = torch.cat([prepared.attention_mask, torch.ones_like(ids)], dim=1)
-                logits = self.model(inputs_embeds=embeds, attention_mask=mask).logits[0]
-                n = ids.shape[1]
-                logprobs = torch.log_softmax(logits[-n - 1 : -1].float(), -1)
-                picked = logprobs.gather(-1, ids[0][:, None])[:, 0]
-                greedy = bool((logprobs.argmax(-1) == ids[0]).all())
-            results.append((float(picked.sum()), greedy))
-        return results
+            return self._score(prepared.inputs_embeds, prepared.attention_mask, continuation)
+
+        return self._in_order(requests, one)
+
+    def _score(self, embeds: torch.Tensor, mask: torch.Tensor, continuation: str) -> tuple[float, bool]:
+        """Summed log-probability of ``continuation`` after the prompt, and whether greedy picks it."""
+        ids = self.processor.tokenizer(continuation, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ids = ids.to(self.model.device)
+        with torch.inference_mode():
+            cont = self.model.get_input_embeddings()(ids)
+            logits = self.model(
+                inputs_embeds=torch.cat([embeds, cont], dim=1),
+                attention_mask=torch.cat([mask, torch.ones_like(ids)], 1),
+            ).logits[0]
+            n = ids.shape[1]
+            logprobs = torch.log_softmax(logits[-n - 1 : -1].float(), -1)
+            picked = logprobs.gather(-1, ids[0][:, None])[:, 0]
+            greedy = bool((logprobs.argmax(-1) == ids[0]).all())
+        return float(picked.sum()), greedy
 
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError("storm_vlm answers single-round tasks; multi-round generation is not supported")
+
+
+def _distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, this rank's device) from accelerate: one process unless launched by it."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state.process_index, state.num_processes, state.device
