@@ -4,7 +4,8 @@
 
 Attributes load on first use (PEP 562), so ``import storm_vlm`` and ``storm-vlm --help`` load no
 torch. Importing any STORM class registers STORM with transformers' ``AutoConfig``,
-``AutoModel``, ``AutoModelForImageTextToText`` and ``AutoProcessor``.
+``AutoModel``, ``AutoModelForImageTextToText``, ``AutoProcessor`` (and ``AutoVideoProcessor``
+where transformers has it: it needs torchvision).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ _LAZY = {
     "StormConfig": ".configuration_storm",
     "StormForConditionalGeneration": ".modeling.modeling_storm",
     "StormProcessor": ".processing_storm",
+    "StormVideoProcessor": ".video_processing_storm",
     "VideoClip": ".video",
     "VideoError": ".video",
     "ask": ".inference",
@@ -33,6 +35,7 @@ __all__ = [
     "StormConfig",
     "StormForConditionalGeneration",
     "StormProcessor",
+    "StormVideoProcessor",
     "VideoClip",
     "VideoError",
     "ask",
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
     from .modeling.reduction import ReductionSettings, num_visual_tokens
     from .processing_storm import StormProcessor
     from .video import VideoClip, VideoError, sample_frames
+    from .video_processing_storm import StormVideoProcessor
 
 
 def __getattr__(name: str) -> Any:
