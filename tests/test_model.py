@@ -84,8 +84,11 @@ def test_sampling_is_inference_only(tiny):
 def test_placeholder_count_mismatch_is_a_clear_error(tiny):
     model, processor = tiny
     inputs = _inputs(processor, 8)  # built for k=1
+    del inputs["video_reduction"]  # without the layout the processor records, the call's k=4 is used
     with pytest.raises(ValueError, match="placeholder tokens"):
         model(**inputs, temporal_pool=4)
+    with pytest.raises(ValueError, match="give one of them"):  # and with it, a different k is refused
+        model(**_inputs(processor, 8), temporal_pool=4)
 
 
 def test_images_are_one_frame_videos(tiny):
@@ -235,7 +238,8 @@ def test_the_processor_layout_makes_generate_repeat_nothing(tiny):
     reads them, so ``generate(**inputs)`` equals the call with the settings repeated by hand."""
     model, processor = tiny
     inputs = _inputs(processor, 16, temporal_pool=4, spatial_pool=2)
-    layout = torch.tensor([[4, 2, 1]])
+    layout = inputs.pop("video_reduction")  # what the processor returns, compared by hand below
+    assert layout.tolist() == [[4, 2, 1]]
     with torch.no_grad():
         by_hand = model.generate(**inputs, temporal_pool=4, spatial_pool=2, max_new_tokens=4, do_sample=False)
         by_layout = model.generate(**inputs, video_reduction=layout, max_new_tokens=4, do_sample=False)
