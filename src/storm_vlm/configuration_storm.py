@@ -23,7 +23,7 @@ before anything is built.
 from __future__ import annotations
 
 import math
-from typing import ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -31,6 +31,22 @@ from transformers.configuration_utils import SubConfigSpec
 from .limits import MAX_FRAMES, MAX_REDUCTION, MAX_TEMPORAL_LAYERS
 
 __all__ = ["StormConfig"]
+
+if TYPE_CHECKING:
+    _In = TypeVar("_In")
+    _Out = TypeVar("_Out")
+
+    class _Filled(Generic[_In, _Out]):
+        """How a type checker sees a field that ``__post_init__`` fills in: given as ``_In`` (to the
+        constructor), read as ``_Out``. ``vision_config`` / ``text_config`` are given as a dict, a
+        config or None (the default) and read as the config made of it; ``dt_rank`` None → an int."""
+
+        def __init__(self) -> None: ...
+        def __get__(self, obj: object, owner: object = None) -> _Out: ...
+        def __set__(self, obj: object, value: _In) -> None: ...
+
+    _SubConfig = _Filled[dict[str, Any] | PretrainedConfig | None, PretrainedConfig]
+
 
 # (lowest, highest) of each integer field; the highs only stop absurd values (memory, time)
 _BOUNDS: dict[str, tuple[int, int]] = {
@@ -102,8 +118,12 @@ class StormConfig(PretrainedConfig):
         ),
     }
 
-    vision_config: dict | PretrainedConfig | None = None
-    text_config: dict | PretrainedConfig | None = None
+    if TYPE_CHECKING:  # the same fields, typed as read after __post_init__ (see _Filled)
+        vision_config: _SubConfig = _SubConfig()
+        text_config: _SubConfig = _SubConfig()
+    else:
+        vision_config: dict | PretrainedConfig | None = None
+        text_config: dict | PretrainedConfig | None = None
     projector_type: str = "storm"
     downsample: int = 2
     vision_feature_layer: int = -2
@@ -111,7 +131,10 @@ class StormConfig(PretrainedConfig):
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
-    dt_rank: int | None = None
+    if TYPE_CHECKING:
+        dt_rank: _Filled[int | None, int] = _Filled()
+    else:
+        dt_rank: int | None = None
     bidirectional: bool = True
     temporal_pool: int = 1
     spatial_pool: int = 1
@@ -129,24 +152,14 @@ class StormConfig(PretrainedConfig):
         self.validate_storm()
 
     @property
-    def _text_cfg(self) -> PretrainedConfig:
-        """``text_config``, typed: the field admits a dict or None as input; after init it is a config."""
-        return cast(PretrainedConfig, self.text_config)
-
-    @property
-    def _vision_cfg(self) -> PretrainedConfig:
-        """``vision_config``, typed (as ``_text_cfg``)."""
-        return cast(PretrainedConfig, self.vision_config)
-
-    @property
     def hidden_size(self) -> int:
         """D, the LLM width: the projector maps to it and the Mamba blocks run at it."""
-        return self._text_cfg.hidden_size
+        return self.text_config.hidden_size
 
     @property
     def patch_grid(self) -> tuple[int, int]:
         """Patch grid of one frame out of the vision tower, e.g. 448/14 → (32, 32)."""
-        side = self._vision_cfg.image_size // self._vision_cfg.patch_size
+        side = self.vision_config.image_size // self.vision_config.patch_size
         return side, side
 
     @property
@@ -160,7 +173,7 @@ class StormConfig(PretrainedConfig):
         """Encoder layers the feature comes out of: ``hidden_states[vision_feature_layer]`` is the
         output of this many layers (-2 of 27 → 26); later layers never reach the projector."""
         layer = self.vision_feature_layer
-        return self._vision_cfg.num_hidden_layers + 1 + layer if layer < 0 else layer
+        return self.vision_config.num_hidden_layers + 1 + layer if layer < 0 else layer
 
     @property
     def vision_layers_run(self) -> int:
@@ -169,8 +182,8 @@ class StormConfig(PretrainedConfig):
         SigLIP towers stop there (the default feature is the penultimate layer, so the last layer
         and the post-LayerNorm are skipped); other towers run every layer and pick a hidden state.
         """
-        if self._vision_cfg.model_type != "siglip_vision_model" or self.vision_feature_layer == -1:
-            return self._vision_cfg.num_hidden_layers
+        if self.vision_config.model_type != "siglip_vision_model" or self.vision_feature_layer == -1:
+            return self.vision_config.num_hidden_layers
         return self.vision_feature_depth
 
     def validate_storm(self) -> None:
