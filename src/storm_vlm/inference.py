@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -116,9 +117,11 @@ def load_model(
     try:
         # Mismatches are collected rather than raised so the error can name the tensor; missing
         # weights would otherwise be initialised randomly with only a warning.
-        model, info = StormForConditionalGeneration.from_pretrained(
+        loaded = StormForConditionalGeneration.from_pretrained(
             path, dtype=dtype, ignore_mismatched_sizes=True, output_loading_info=True
         )
+        # output_loading_info=True returns (model, info); transformers annotates the model alone
+        model, info = cast(tuple[StormForConditionalGeneration, dict[str, Any]], loaded)
         _check_loading_info(path, info)
         processor = StormProcessor.from_pretrained(path)
         # directories written before the generation config carried them: the processor knows
@@ -130,7 +133,7 @@ def load_model(
     except (OSError, ValueError, RuntimeError) as err:  # missing / mismatched weights, bad files
         raise ModelLoadError(f"{path}: cannot load the model ({str(err).strip().splitlines()[0]})") from None
     if device is not None:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # @wraps(Module.to) keeps self in the signature
     return ready_for_inference(model, fast), processor
 
 
@@ -334,7 +337,7 @@ def ask(
         settings = settings_for_budget(token_budget, len(clip), model.config.token_grid)
     prepared = prepare_inputs(model, processor, clip, question, settings)
     prepared.timer.timings["decode"] = decode_seconds
-    sampling = dict(temperature=temperature, top_p=top_p) if do_sample else {}
+    sampling: dict[str, Any] = dict(temperature=temperature, top_p=top_p) if do_sample else {}
     limit = prepared.new_token_limit(max_new_tokens)
     new_tokens = generate_timed(model, prepared, limit, do_sample=do_sample, **sampling)
     return Answer(

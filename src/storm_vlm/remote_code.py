@@ -28,6 +28,10 @@ import inspect
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .configuration_storm import StormConfig
 
 __all__ = ["AUTO_MAP", "PROCESSOR_AUTO_MAP", "add_auto_map", "write_model_card", "write_remote_code"]
 
@@ -149,11 +153,11 @@ def _rewrite(source: str, name: str, flat: dict[str, str]) -> str:
     header = [f"# Copied from {name} (storm-vlm) for trust_remote_code loading; edit the package, not this file."]
     if manifest:  # the loader finds files by this pattern; the string is never executed as code
         header += ['_REMOTE_FILES = """', *sorted(set(manifest)), '"""']
-    body = "\n".join(lines)
+    text = "\n".join(lines)
     future = "from __future__ import annotations"
-    if future in body:  # it must stay the first statement after the docstring
-        return body.replace(future, future + "\n\n" + "\n".join(header), 1) + "\n"
-    return "\n".join(header) + "\n" + body + "\n"
+    if future in text:  # it must stay the first statement after the docstring
+        return text.replace(future, future + "\n\n" + "\n".join(header), 1) + "\n"
+    return "\n".join(header) + "\n" + text + "\n"
 
 
 def _alias(alias: ast.alias, name: str) -> str:
@@ -187,7 +191,7 @@ def _is_auto_register(node: ast.Expr) -> bool:
     )
 
 
-def write_model_card(directory: str | Path, config: object) -> None:
+def write_model_card(directory: str | Path, config: StormConfig) -> None:
     """A README.md model card: what the model is, its STORM settings, and how to load it."""
     c = config
     vision = getattr(getattr(c, "vision_config", None), "model_type", "?")

@@ -140,7 +140,7 @@ def sampled_indices(clip_frames: int, frames: int) -> np.ndarray:
     return np.arange(clip_frames) if frames >= clip_frames else uniform_positions(clip_frames, frames)
 
 
-def received_slots(picked: Sequence[int], k: int, s: int) -> list[list[int]]:
+def received_slots(picked: Sequence[int] | np.ndarray, k: int, s: int) -> list[list[int]]:
     """The clip frames behind each temporal slot that reaches the LLM when the frames ``picked``
     go in (pool k, then keep every s-th)."""
     picked = list(picked)
@@ -149,16 +149,21 @@ def received_slots(picked: Sequence[int], k: int, s: int) -> list[list[int]]:
 
 
 def encode_samples(
-    model: Any, processor: Any, samples: list, picked: Sequence[int], cut: bool = False, batch: int = 50
+    model: Any,
+    processor: Any,
+    samples: list,
+    picked: Sequence[int] | np.ndarray,
+    cut: bool = False,
+    batch: int = 50,
 ) -> torch.Tensor:
     """Vision tower, projector and temporal module (scan-cut or not) on the frames ``picked`` from
     each clip: ``(n, F, N, D)``, shared by every condition that differs only after it (k, s)."""
-    picked = np.asarray(picked)
+    index = np.asarray(picked)
     out = []
     with torch.inference_mode(), model.scan_cut() if cut else nullcontext():
         for start in range(0, len(samples), batch):
             chunk = samples[start : start + batch]
-            pixels = torch.stack([processor.preprocess_frames(x.frames[picked]) for x in chunk])
+            pixels = torch.stack([processor.preprocess_frames(x.frames[index]) for x in chunk])
             out.append(model.apply_temporal(model.encode_video(pixels)))  # (B, F, N, D)
     return torch.cat(out)
 

@@ -79,6 +79,7 @@ class StormStream:
         self.frames_seen += pixel_values.shape[0]
 
     def _pooled_pending(self) -> torch.Tensor:
+        assert self._pending_sum is not None, "no pending frame"  # callers check _pending_count first
         mean = (self._pending_sum / self._pending_count)[None, None]  # (1, 1, N, D)
         pooled, _ = spatial_pool(mean, self.model.config.token_grid, self.settings.spatial_pool)
         return pooled[0, 0]  # (N', D)

@@ -19,11 +19,14 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..configuration_storm import StormConfig
 from ..modeling.reduction import ReductionSettings, num_visual_tokens, settings_for_budget
 from .flops import activation_bytes, kv_cache_bytes, stage_flops
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["CONFIGS", "BenchCell", "run_bench"]
 
@@ -58,12 +61,17 @@ class BenchCell:
     fast_path: bool | None = None
 
 
+def _placeholder_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
+    """The ``<video>`` and ``<image>`` ids (a list of tokens gives a list; typed ``int | list[int]``)."""
+    video_id, image_id = cast(list[int], tokenizer.convert_tokens_to_ids(["<video>", "<image>"]))
+    return video_id, image_id
+
+
 def small_model_config(projector_type: str = "storm") -> StormConfig:
     """SigLIP-like 224 px / 14 px tower (256 → 64 tokens per frame), Qwen2-like LLM with ~17x its parameters."""
     from ..presets import tiny_tokenizer
 
-    tok = tiny_tokenizer()
-    video_id, image_id = tok.convert_tokens_to_ids(["<video>", "<image>"])
+    video_id, image_id = _placeholder_ids(tiny_tokenizer())
     return StormConfig(
         vision_config=dict(
             model_type="siglip_vision_model", hidden_size=256, intermediate_size=1024, num_hidden_layers=6,
@@ -86,7 +94,7 @@ def preset_config(preset: str, projector_type: str = "storm") -> StormConfig:
         from ..presets import tiny_config, tiny_tokenizer
 
         tok = tiny_tokenizer()
-        video_id, image_id = tok.convert_tokens_to_ids(["<video>", "<image>"])
+        video_id, image_id = _placeholder_ids(tok)
         return tiny_config(len(tok), video_id, image_id, projector_type=projector_type)
     raise ValueError(f"unknown bench preset {preset!r} (tiny, small, 7b-shapes)")
 
@@ -106,11 +114,11 @@ def _build(preset: str, projector_type: str, model_dir: str | None, device: str,
     torch.manual_seed(0)
     tokenizer = tiny_tokenizer()
     config = preset_config(preset, projector_type)
-    config.video_token_id, config.image_token_id = tokenizer.convert_tokens_to_ids(["<video>", "<image>"])
+    config.video_token_id, config.image_token_id = _placeholder_ids(tokenizer)
     with torch.device(device):  # random init where it runs: a 7B model is built on the GPU in seconds
         model = StormForConditionalGeneration(config)
     if model.device.type == "cuda":
-        model.to(torch.bfloat16)  # as load_model does on CUDA
+        model.to(torch.bfloat16)  # type: ignore[arg-type]  # as load_model does on CUDA; @wraps(Module.to) keeps self
     ready_for_inference(model, fast)
     size = config.vision_config.image_size
     processor = StormProcessor.from_config(tiny_image_processor(), tokenizer, config)

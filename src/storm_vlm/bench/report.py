@@ -65,7 +65,7 @@ def ratios(cells: list[BenchCell]) -> list[str]:
                 f"{n} frames: end to end (frames → answer) none {none.end_to_end_s:.3f} s, "
                 f"k4s2 {k4s2.end_to_end_s:.3f} s: {none.end_to_end_s / k4s2.end_to_end_s:.2f}x"
             )
-        if none and none.latency_s:
+        if none and none.latency_s and none.ttft_s is not None:  # measured: both are set
             total = none.ttft_s + none.latency_s["decoding"]
             share = none.latency_s["temporal"] / total
             llm = (none.latency_s["prefill"] + none.latency_s["decoding"]) / total
@@ -91,7 +91,8 @@ def write_report(cells: list[BenchCell], out: str | Path, title: str, plot_title
     )  # fmt: skip
     if any(c.latency_s for c in cells):
         plot_lines(
-            {cfg: [(c.frames, c.ttft_s + c.latency_s["decoding"]) for c in cells if c.config == cfg and c.latency_s]
+            {cfg: [(c.frames, c.ttft_s + c.latency_s["decoding"]) for c in cells
+                   if c.config == cfg and c.latency_s and c.ttft_s is not None]
              for cfg in configs},
             out / "latency_vs_frames.png", xlabel="input frames", ylabel="end-to-end latency (s)", title=short,
         )  # fmt: skip
@@ -105,12 +106,12 @@ def _stacked(cells: list[BenchCell], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    measured = [c for c in cells if c.latency_s]
+    measured = [(c, c.latency_s) for c in cells if c.latency_s]
     fig, ax = plt.subplots(figsize=(max(6, len(measured) * 0.8), 4), dpi=120)
-    labels = [f"{c.config}\n{c.frames}f" for c in measured]
+    labels = [f"{c.config}\n{c.frames}f" for c, _ in measured]
     bottom = [0.0] * len(measured)
     for stage in STAGES:
-        values = [c.latency_s[stage] for c in measured]
+        values = [latency[stage] for _, latency in measured]
         ax.bar(labels, values, bottom=bottom, label=stage)
         bottom = [b + v for b, v in zip(bottom, values)]
     ax.set_ylabel("seconds")

@@ -272,7 +272,7 @@ def _videomme_rows(root: Path) -> list[dict[str, Any]]:
     for candidate in (root / "videomme" / "test-00000-of-00001.parquet", root / "test-00000-of-00001.parquet"):
         if candidate.is_file():
             try:
-                import pyarrow.parquet as pq  # type: ignore[import-not-found]  # optional, no stubs
+                import pyarrow.parquet as pq  # optional, untyped (ignore_missing_imports in pyproject)
             except ImportError:
                 raise ValueError(f"{candidate}: reading parquet needs pyarrow (pip install pyarrow)") from None
             return pq.read_table(candidate).to_pylist()

@@ -124,7 +124,7 @@ def _predict(
                 logits = model(inputs_embeds=embeds, attention_mask=mask).logits[0, -ids.shape[1] - 1 : -1]
                 logprobs = torch.log_softmax(logits.float(), -1).gather(-1, ids[0][:, None])
                 scores.append(float(logprobs.sum()))
-            letter = letters[max(range(len(scores)), key=scores.__getitem__)]
+            letter: str | None = letters[max(range(len(scores)), key=scores.__getitem__)]
             raw = " ".join(f"{c}:{v:.3f}" for c, v in zip(letters, scores))
             extra = {"scores": scores}  # full precision: raw_output rounds
         else:

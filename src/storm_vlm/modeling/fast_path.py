@@ -157,10 +157,12 @@ class FastPath:
         prompt = kwargs.get("inputs_embeds", kwargs.get("input_ids"))
         new_tokens = kwargs.get("max_new_tokens") or model.generation_config.max_new_tokens or 20
         needed = (prompt.shape[1] if prompt is not None else 0) + new_tokens
-        out = dict(kwargs, cache_implementation="static", max_cache_len=static_cache_length(needed, self.cache_bucket))
+        length = static_cache_length(needed, self.cache_bucket)
+        out: dict[str, Any] = {**kwargs, "cache_implementation": "static", "max_cache_len": length}
         if self.compile_decode:
             config = CompileConfig(fullgraph=False, dynamic=False, mode=self.decode_mode)
-            config._compile_all_devices = True  # the caller asked for compilation, whatever the device
+            # the caller asked for compilation, whatever the device (transformers types the flag `= None`)
+            config._compile_all_devices = True  # type: ignore[assignment]
             out["compile_config"] = config
         else:
             out["disable_compile"] = True

@@ -26,6 +26,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -113,9 +114,9 @@ def selective_scan_ref(
         x = u.new_zeros(batch, dim, A.shape[1])
     else:
         x = initial_state.to(wide)
-    Bs, Cs = _per_step(B.to(wide), batch, dim), _per_step(C.to(wide), batch, dim)
-    B_const = B.to(wide).unsqueeze(0) if Bs is None else None  # (1, E, N)
-    C_const = C.to(wide).unsqueeze(0) if Cs is None else None
+    B_wide, C_wide = B.to(wide), C.to(wide)
+    Bs, Cs = _per_step(B_wide, batch, dim), _per_step(C_wide, batch, dim)
+    B_const, C_const = B_wide.unsqueeze(0), C_wide.unsqueeze(0)  # (1, E, N), used when constant
 
     ys = []
     for t, (u_t, delta_t) in enumerate(zip(u.unbind(-1), delta.unbind(-1))):
@@ -208,7 +209,9 @@ def selective_scan_fn(
     """
     backend = scan_backend(u, B, C, initial_state)
     _log_once(backend, u.device)
-    kwargs = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, return_last_state=return_last_state)
+    kwargs: dict[str, Any] = dict(
+        D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, return_last_state=return_last_state
+    )
     if backend == "cpu":
         return scan_cpu.selective_scan_cpu(u, delta, A, B, C, initial_state=initial_state, **kwargs)
     if backend == "triton":
@@ -237,7 +240,9 @@ def causal_conv1d(
     """
     width = weight.shape[-1]
     if prefix is None and _use_conv_kernel(x):
-        return _causal_conv1d_kernel()(x, weight, bias, activation="silu")
+        kernel = _causal_conv1d_kernel()
+        if kernel is not None:  # _use_conv_kernel checked it already
+            return kernel(x, weight, bias, activation="silu")
     if prefix is None:  # zero history: let the conv pad (no copy of x), keep the first L outputs
         padded = F.conv1d(x, weight.unsqueeze(1), bias, padding=width - 1, groups=x.shape[1])
         return F.silu(padded[..., : x.shape[-1]])
@@ -281,10 +286,11 @@ def reset_default_init(module: nn.Module) -> None:
     scale = getattr(module, DEFAULT_INIT, None)
     if scale is None:
         return
-    bound = scale / math.sqrt(module.weight[0].numel())
-    init.uniform_(module.weight, -bound, bound)
-    if module.bias is not None:
-        init.zeros_(module.bias)
+    weight, bias = cast(torch.Tensor, module.weight), cast("torch.Tensor | None", module.bias)  # a Linear/Conv
+    bound = scale / math.sqrt(weight[0].numel())
+    init.uniform_(weight, -bound, bound)
+    if bias is not None:
+        init.zeros_(bias)
 
 
 class SSMBranch(nn.Module):
@@ -365,7 +371,7 @@ class SSMBranch(nn.Module):
             initial_state=state.ssm if state is not None else None,
         )
         if not return_state:
-            return result
+            return cast(torch.Tensor, result)
         y, last = result
         return y, BranchState(conv=tail, ssm=last)
 

@@ -49,9 +49,9 @@ class StormPreTrainedModel(PreTrainedModel):
     config: StormConfig
     config_class = StormConfig
     base_model_prefix = ""
-    input_modalities = ("video", "image", "text")
+    input_modalities = ("video", "image", "text")  # type: ignore[assignment]  # tuples as in transformers' VLMs
     supports_gradient_checkpointing = True
-    _no_split_modules: ClassVar[list[str]] = ["TemporalBlock"]
+    _no_split_modules: ClassVar[list[str]] = ["TemporalBlock"]  # type: ignore[misc]  # typed an instance var there
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
@@ -239,7 +239,7 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
 
     def embed_inputs(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.Tensor,
         video_embeds: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,7 +269,7 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         pixel_values_videos: Videos | None = None,
         pixel_values: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
+        labels: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache=None,
         inputs_embeds: torch.Tensor | None = None,
@@ -299,7 +299,7 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if inputs_embeds is None:
+        if input_ids is not None:  # and so no inputs_embeds
             settings = self.reduction_settings(temporal_pool, spatial_pool, temporal_sampling)
             explicit = any(v is not None for v in (temporal_pool, spatial_pool, temporal_sampling))
             video_settings = _layout_settings(video_reduction, settings, explicit, "video_reduction")

@@ -17,7 +17,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from safetensors import safe_open
@@ -44,7 +44,7 @@ def vision_model_class(vision_config: Any) -> type[PreTrainedModel]:
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
     try:
-        return MODEL_MAPPING[type(vision_config)]
+        return MODEL_MAPPING[type(vision_config)]  # type: ignore[return-value]  # annotated as the tokenizer pair
     except KeyError as err:
         raise PartsError(f"no vision model class is registered for {type(vision_config).__name__}") from err
 
@@ -136,18 +136,20 @@ def load_vision_tower(path: str | Path, dtype: torch.dtype | str | None = None) 
                             f"{list(shapes[key])}"
                         )
                     state_dict[key] = f.get_tensor(prefix + key)
-    tower, info = model_class.from_pretrained(
+    loaded = model_class.from_pretrained(
         None, config=vision_config, state_dict=state_dict, dtype=dtype, output_loading_info=True
     )
+    tower, info = cast(tuple[PreTrainedModel, dict[str, Any]], loaded)  # output_loading_info: (model, info)
     _check_loading_info(path, info, "vision tower")
     return tower
 
 
 def load_llm(path: str | Path, dtype: torch.dtype | str | None = None) -> PreTrainedModel:
     """The causal LLM of a directory; a weight it lacks or holds with another shape is an error."""
-    llm, info = AutoModelForCausalLM.from_pretrained(
+    loaded = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True
     )
+    llm, info = cast(tuple[PreTrainedModel, dict[str, Any]], loaded)  # output_loading_info: (model, info)
     _check_loading_info(path, info, "LLM")
     return llm
 
@@ -185,7 +187,7 @@ def build_from_parts(
     video_token_id, image_token_id = add_placeholder_tokens(tokenizer)
     vision = load_vision_tower(vision_path, dtype=dtype)
     llm = load_llm(llm_path, dtype=dtype)
-    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
+    if len(tokenizer) > cast(torch.nn.Embedding, llm.get_input_embeddings()).num_embeddings:
         llm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
     config = StormConfig(
         vision_config=vision.config,
@@ -199,4 +201,4 @@ def build_from_parts(
     # so every caller's generate() needs neither (saved with the model as generation_config.json).
     model.generation_config.eos_token_id = stop_token_ids(tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.to(dtype) if dtype is not None else model
+    return model.to(dtype) if dtype is not None else model  # type: ignore[arg-type]  # @wraps(Module.to) keeps self

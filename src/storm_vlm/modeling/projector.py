@@ -38,6 +38,7 @@ class Projector(nn.Module):
         self.downsample = downsample
         in_width = vision_width * downsample * downsample
         self.norm = nn.LayerNorm(in_width)
+        self.proj: nn.Module
         if kind == "storm":
             self.proj = nn.Linear(in_width, text_width)
         elif kind == "mlp":

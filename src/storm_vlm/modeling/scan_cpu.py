@@ -254,7 +254,7 @@ if _NUMBA:
                 dbias_out[d] = dbias
 
 
-def _f32(t: torch.Tensor | None, shape: tuple[int, ...] | None = None) -> np.ndarray:
+def _f32(t: torch.Tensor | None, shape: tuple[int, ...] = ()) -> np.ndarray:
     """A contiguous float32 numpy view (or zeros of ``shape`` for a missing tensor)."""
     if t is None:
         return np.zeros(shape, np.float32)

@@ -324,7 +324,8 @@ def create_app(model, processor, config: ServerConfig | None = None, model_id: s
             raise
         streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=False, skip_special_tokens=True)
         chunk_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        counted = {"tokens": 0}
+        counted = {"tokens": 0}  # and "started" (0/1), set by the first put (the prompt)
+        llm_time: dict[str, float] = {}  # "llm_s", set by the generation thread
 
         class Counter:
             def put(self, value):
@@ -347,7 +348,7 @@ def create_app(model, processor, config: ServerConfig | None = None, model_id: s
                         streamer=Counter(),
                         **gen_kwargs(req, prepared, deadline),
                     )
-                    counted["llm_s"] = time.perf_counter() - started
+                    llm_time["llm_s"] = time.perf_counter() - started
             except BaseException:
                 streamer.end()  # the client's stream ends instead of waiting for the deadline
                 raise
@@ -374,7 +375,7 @@ def create_app(model, processor, config: ServerConfig | None = None, model_id: s
                     await asyncio.wait_for(asyncio.wrap_future(generation), timeout=1)
                 if deadline.expired:
                     raise DeadlineExceeded
-                timings = dict(prepared.timer.timings, llm=counted.get("llm_s", 0.0))
+                timings = dict(prepared.timer.timings, llm=llm_time.get("llm_s", 0.0))
                 tail = {
                     "usage": usage(prepared, counted["tokens"]),
                     "storm": storm_info(clip, settings, timings, req.preview),

@@ -19,7 +19,7 @@ def frame_previews(clip: VideoClip, count: int, height: int = 96) -> list[dict[s
     if count <= 0 or len(clip) == 0:
         return []
     picks = np.unique(np.linspace(0, len(clip) - 1, min(count, len(clip))).round().astype(int))
-    previews = []
+    previews: list[dict[str, float | str]] = []
     for i in picks:
         frame = Image.fromarray(clip.frames[i])
         width = max(1, round(frame.width * height / frame.height))

@@ -19,7 +19,7 @@ import json
 import reprlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -27,6 +27,9 @@ from torch.utils.data import Dataset, Sampler
 from ..modeling.reduction import ReductionSettings
 from ..processing_storm import IMAGE_TOKEN, VIDEO_TOKEN, StormProcessor
 from ..video import VideoError, sample_frames
+
+if TYPE_CHECKING:
+    from .recipe import DataConfig
 
 __all__ = [
     "BadSample",
@@ -177,7 +180,7 @@ class LlavaVideoDataset(Dataset):
         if "video" in sample and "image" in sample:
             raise DataError("a sample may have a video or an image, not both")
         media = "video" if "video" in sample else "image" if "image" in sample else None
-        pixels = None
+        pixels: torch.Tensor | None = None
         visual = 0
         if media is not None:
             if not isinstance(sample[media], str):
@@ -193,7 +196,7 @@ class LlavaVideoDataset(Dataset):
             "input_ids": torch.tensor(ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "pixel_values_videos": pixels if media == "video" else None,
-            "pixel_values": pixels[0] if media == "image" else None,
+            "pixel_values": pixels[0] if media == "image" and pixels is not None else None,
         }
 
 
@@ -239,7 +242,9 @@ class SynthVideoDataset(Dataset):
         }
 
 
-def build_dataset(data, processor: StormProcessor, settings: ReductionSettings, seed: int) -> Dataset:
+def build_dataset(
+    data: DataConfig, processor: StormProcessor, settings: ReductionSettings, seed: int
+) -> LlavaVideoDataset | SynthVideoDataset:
     """The dataset a recipe's ``data`` section names: a LLaVA-style JSON file, or generated clips."""
     if data.synth is not None:
         synth = data.synth

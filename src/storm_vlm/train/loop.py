@@ -94,11 +94,15 @@ def build_model(recipe: TrainRecipe) -> tuple[StormForConditionalGeneration, Sto
     from ..presets import build_from_parts, build_preset
 
     init = recipe.init
+    if init is None:
+        raise RecipeError("give exactly one of `model` (a model directory) or `init` (a new model)")
     options = dict(
         projector_type=init.projector_type, temporal_layers=init.temporal_layers, bidirectional=init.bidirectional
     )
     if init.preset is not None:
         return build_preset(init.preset, **options)
+    if init.vision is None or init.llm is None:
+        raise RecipeError("init needs either `preset` or both `vision` and `llm`")
     dtype = torch.bfloat16 if recipe.mixed_precision == "bf16" else None
     return build_from_parts(init.vision, init.llm, dtype=dtype, **options)
 
@@ -118,8 +122,9 @@ def _apply_lora(model: StormForConditionalGeneration, options: dict[str, Any]) -
 
 
 def _merge_lora(model: StormForConditionalGeneration) -> None:
-    if hasattr(model.language_model, "merge_and_unload"):
-        model.language_model = model.language_model.merge_and_unload()
+    merge = getattr(model.language_model, "merge_and_unload", None)  # a peft model's
+    if merge is not None:
+        model.language_model = merge()
 
 
 def _token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:

@@ -155,7 +155,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if args and type(None) in args:  # Optional[X]
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key) if len(inner) == 1 else value
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise RecipeError(f"{key} must be a mapping, got {value!r}")
         return _build(hint, value, key + ".")

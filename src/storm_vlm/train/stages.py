@@ -28,7 +28,7 @@ def _unused_vision_parameter(name: str, feature_depth: int) -> bool:
     if "post_layernorm" in name or name.startswith("head.") or ".head." in name:
         return True
     match = _LAYER.search(name)
-    return bool(match) and int(match.group(1)) >= feature_depth
+    return match is not None and int(match.group(1)) >= feature_depth
 
 
 def configure_stage(model: StormForConditionalGeneration, stage: int) -> dict[str, int]:
