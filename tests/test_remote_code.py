@@ -25,16 +25,20 @@ LOADER = textwrap.dedent(
 
     sys.meta_path.insert(0, Block())
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
     directory, inputs_path, out_path = sys.argv[1:4]
     config = AutoConfig.from_pretrained(directory, trust_remote_code=True)
     model = AutoModel.from_pretrained(directory, trust_remote_code=True).eval()
     again = AutoModelForImageTextToText.from_pretrained(directory, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(directory, trust_remote_code=True)
     inputs = torch.load(inputs_path)
+    frames = inputs.pop("frames")
+    remade = processor(text=[processor.build_prompt("what?")], videos=[frames.numpy()], return_tensors="pt")
     with torch.no_grad():
         logits = model(**inputs).logits
     torch.save({"logits": logits, "config": type(config).__module__, "model": type(model).__module__,
+                "processor": type(processor).__module__, "remade": dict(remade),
                 "same_class": type(again).__name__ == type(model).__name__}, out_path)
     assert not any(m == "storm_vlm" or m.startswith("storm_vlm.") for m in sys.modules)
     """
@@ -51,8 +55,9 @@ def test_a_saved_model_loads_without_storm_vlm(tmp_path):
     assert config["auto_map"]["AutoModel"] == "modeling_storm.StormForConditionalGeneration"
     assert (directory / "modeling_storm.py").is_file() and (directory / "README.md").is_file()
 
-    inputs = dict(processor(text=[processor.build_prompt("what?")], videos=[random_frames(4, 32)]))
-    torch.save(inputs, tmp_path / "inputs.pt")
+    frames = random_frames(4, 32)
+    inputs = dict(processor(text=[processor.build_prompt("what?")], videos=[frames]))
+    torch.save({**inputs, "frames": torch.from_numpy(frames)}, tmp_path / "inputs.pt")
     with torch.no_grad():
         expected = model(**inputs).logits
     (tmp_path / "load.py").write_text(LOADER)
@@ -63,8 +68,11 @@ def test_a_saved_model_loads_without_storm_vlm(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     out = torch.load(tmp_path / "out.pt")
     assert out["config"].startswith("transformers_modules.") and out["model"].startswith("transformers_modules.")
-    assert out["same_class"]
+    assert out["same_class"] and out["processor"].startswith("transformers_modules.")
     assert torch.equal(out["logits"], expected)
+    assert set(out["remade"]) == set(inputs)  # the remote processor makes the same inputs
+    for key, value in inputs.items():
+        assert torch.equal(out["remade"][key], value), key
 
 
 def test_the_installed_package_still_loads_its_own_classes(tmp_path):

@@ -272,6 +272,18 @@ class StormProcessor(ProcessorMixin):
             return VideoProcessorMixin
         return super().check_argument_for_proper_class(argument_name, argument)
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """transformers' save, plus ``auto_map`` and the code (:mod:`storm_vlm.remote_code`), so that
+        ``AutoProcessor.from_pretrained(dir, trust_remote_code=True)`` works without storm-vlm."""
+        from .remote_code import PROCESSOR_AUTO_MAP, add_auto_map, write_remote_code
+
+        saved = super().save_pretrained(save_directory, *args, **kwargs)
+        for name in ("processor_config.json", "tokenizer_config.json"):
+            if (Path(save_directory) / name).is_file():
+                add_auto_map(Path(save_directory) / name, PROCESSOR_AUTO_MAP)
+        write_remote_code(save_directory)
+        return saved
+
     @classmethod
     def _get_arguments_from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, processor_dict: dict | None = None, **kwargs: Any
