@@ -135,7 +135,7 @@ def test_weights_that_do_not_fit_the_config(capsys, broken_models, clip, mc_json
     assert_one_line_error(
         cli(capsys, *args),
         f"{model}/model.safetensors: tensor language_model.model.layers.0.mlp.down_proj.weight has shape [64, 128] "
-        "but config.json needs [64, 256]",
+        "but the config needs [64, 256]",
     )
 
 

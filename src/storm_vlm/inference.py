@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from transformers.generation.streamers import BaseStreamer
 
-from .model_dir import ModelLoadError, check_model_dir
+from .model_dir import ModelLoadError, check_model_dir, loading_problem
 from .modeling.fast_path import enable_fast_path
 from .modeling.modeling_storm import StormForConditionalGeneration
 from .modeling.reduction import ReductionSettings, reduce_tokens, settings_for_budget
@@ -139,19 +139,9 @@ def load_model(
 
 def _check_loading_info(path: Path, info: dict) -> None:
     """A weight file that does not match its config is an error naming the first tensor at fault."""
-    mismatched = sorted(info.get("mismatched_keys") or [])
-    if mismatched:
-        key, saved, needed = mismatched[0]
-        raise ModelLoadError(
-            f"{path / 'model.safetensors'}: tensor {key} has shape {list(saved)} but config.json needs "
-            f"{list(needed)} ({len(mismatched)} tensor(s) differ)"
-        )
-    missing = sorted(info.get("missing_keys") or [])
-    if missing:
-        raise ModelLoadError(
-            f"{path / 'model.safetensors'}: no weights for {missing[0]} ({len(missing)} tensor(s) missing); "
-            "the file is not from this model"
-        )
+    problem = loading_problem(info)
+    if problem is not None:
+        raise ModelLoadError(f"{path / 'model.safetensors'}: {problem}; the file does not fit config.json")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device | None:

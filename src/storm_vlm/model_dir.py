@@ -15,11 +15,37 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["ModelLoadError", "atomic_directory", "check_model_dir", "model_fingerprint", "share_like_umask"]
+__all__ = [
+    "ModelLoadError",
+    "atomic_directory",
+    "check_model_dir",
+    "loading_problem",
+    "model_fingerprint",
+    "share_like_umask",
+]
 
 
 class ModelLoadError(Exception):
     """The directory is not a loadable STORM model."""
+
+
+def loading_problem(info: dict, missing_first: bool = False) -> str | None:
+    """What is wrong in ``from_pretrained(..., output_loading_info=True)``'s report, naming the first
+    tensor at fault, or None. transformers only warns (and leaves such weights random)."""
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    missing = sorted(info.get("missing_keys") or [])
+    problems = []
+    if mismatched:
+        key, saved, needed = mismatched[0]
+        problems.append(
+            f"tensor {key} has shape {list(saved)} but the config needs {list(needed)} "
+            f"({len(mismatched)} tensor(s) differ)"
+        )
+    if missing:
+        problems.append(f"no weights for {missing[0]} ({len(missing)} tensor(s) missing)")
+    if missing_first:
+        problems.reverse()
+    return problems[0] if problems else None
 
 
 def model_fingerprint(path: str | Path) -> str:

@@ -24,7 +24,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..configuration_storm import StormConfig
-from ..model_dir import ModelLoadError
+from ..model_dir import ModelLoadError, loading_problem
 
 if TYPE_CHECKING:
     from .modeling_storm import StormForConditionalGeneration
@@ -156,16 +156,9 @@ def load_llm(path: str | Path, dtype: torch.dtype | str | None = None) -> PreTra
 
 def _check_loading_info(path: str | Path, info: Mapping[str, Any], part: str) -> None:
     """transformers only warns about missing weights (left random): here they are an error."""
-    missing = sorted(info.get("missing_keys") or [])
-    if missing:
-        raise PartsError(f"{path}: the {part} has no weight for {missing[0]} ({len(missing)} tensor(s) missing)")
-    mismatched = sorted(info.get("mismatched_keys") or [])
-    if mismatched:
-        key, saved, needed = mismatched[0]
-        raise PartsError(
-            f"{path}: {part} tensor {key} has shape {list(saved)} but its config needs {list(needed)} "
-            f"({len(mismatched)} tensor(s) differ)"
-        )
+    problem = loading_problem(dict(info), missing_first=True)
+    if problem is not None:
+        raise PartsError(f"{path}: {part}: {problem}")
 
 
 def build_from_parts(
