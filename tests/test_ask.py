@@ -111,11 +111,12 @@ def test_bad_inputs_exit_2_with_one_line(model_dir, clips, tmp_path):
 def test_token_budget_in_ask(model_dir, clips):
     model, processor = load_model(model_dir)
     answer = ask(model, processor, clips["qcif"], "Q?", num_frames=32, token_budget=100, max_new_tokens=2)
-    assert answer.visual_tokens <= 100 and answer.settings.temporal_pool == 4 and answer.settings.temporal_sampling == 2
+    # the tiny model was built with k=1: the budget is met by sampling (training-free), not by a k it never saw
+    assert answer.visual_tokens <= 100 and answer.settings.temporal_pool == 1 and answer.settings.temporal_sampling == 8
     with pytest.raises(ValueError, match="not both"):
         ask(model, processor, clips["qcif"], "Q?", token_budget=100, temporal_pool=2)
     result = runner.invoke(app, ["ask", str(model_dir), str(clips["qcif"]), "Q", "--token-budget", "64", "--stats"])
-    assert result.exit_code == 0 and "k=4 p=1 s=2" in result.output  # 32 frames x 16 tokens into 64
+    assert result.exit_code == 0 and "k=1 p=1 s=8" in result.output  # 32 frames x 16 tokens into 64
 
 
 def test_a_prompt_over_the_context_is_refused_before_any_frame_is_encoded(model_dir, clips, monkeypatch):

@@ -129,3 +129,12 @@ def test_pools_larger_than_the_input_equal_pooling_over_all_of_it():
     assert torch.allclose(huge[0, 0, 0], x.mean(dim=(1, 2))[0], atol=1e-6)
     with pytest.raises(ValueError, match="temporal_pool must be an integer from 1 to 4096"):
         ReductionSettings(MAX_REDUCTION + 1)
+
+
+def test_a_token_budget_pools_in_time_no_more_than_the_model_was_trained_to():
+    """A k=1 model meets a budget by sampling (training-free), a k=4 model may pool up to 4."""
+    from storm_vlm.presets import build_tiny
+
+    for trained, expected in ((1, ReductionSettings(1, 1, 4)), (4, ReductionSettings(4, 1, 1))):
+        model, _ = build_tiny(temporal_pool=trained)
+        assert model.settings_for_budget(256, 64) == expected  # 64 frames x 16 tokens into 16 frames

@@ -26,7 +26,7 @@ from transformers.generation.streamers import BaseStreamer
 from .model_dir import ModelLoadError, check_model_dir, loading_problem
 from .modeling.fast_path import enable_fast_path
 from .modeling.modeling_storm import StormForConditionalGeneration
-from .modeling.reduction import ReductionSettings, reduce_tokens, settings_for_budget
+from .modeling.reduction import ReductionSettings, reduce_tokens
 from .processing_storm import StormProcessor
 from .video import Progress, VideoClip, sample_frames
 
@@ -324,7 +324,7 @@ def ask(
         )
     decode_seconds = time.perf_counter() - started
     if token_budget is not None:
-        settings = settings_for_budget(token_budget, len(clip), model.config.token_grid)
+        settings = model.settings_for_budget(token_budget, len(clip))
     prepared = prepare_inputs(model, processor, clip, question, settings)
     prepared.timer.timings["decode"] = decode_seconds
     sampling: dict[str, Any] = dict(temperature=temperature, top_p=top_p) if do_sample else {}

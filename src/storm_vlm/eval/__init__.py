@@ -15,7 +15,6 @@ from typing import Any
 from rich.console import Console
 
 from ..model_dir import model_fingerprint
-from ..modeling.reduction import settings_for_budget
 from .benchmarks import BENCHMARKS, load_benchmark
 from .items import MCItem, parse_letter
 from .runner import EvalSettings, evaluate, mamba_usage
@@ -96,7 +95,7 @@ def run_benchmark(
         raise ValueError("give --token-budget or explicit --temporal-pool / --spatial-pool / --sample, not both")
     for n in frames:
         if token_budget is not None:
-            reduction = settings_for_budget(token_budget, n, model.config.token_grid)
+            reduction = model.settings_for_budget(token_budget, n)
             console.print(f"{n} frames, budget {token_budget} visual tokens → {reduction}")
         settings = EvalSettings(num_frames=n, reduction=reduction, scoring=scoring, limit=limit, scan_cut=scan_cut)
         res = evaluate(model, processor, items, bench.prompt, settings, out / f"frames-{n}", config, problems, console)

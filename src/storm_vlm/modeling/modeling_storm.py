@@ -34,7 +34,7 @@ from ..configuration_storm import StormConfig
 from .fast_path import FastPath
 from .mamba import SSMBranch, reset_default_init
 from .projector import Projector
-from .reduction import ReductionSettings, reduce_tokens
+from .reduction import ReductionSettings, reduce_tokens, settings_for_budget
 from .temporal import TemporalEncoder
 
 if TYPE_CHECKING:
@@ -131,6 +131,12 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
     ) -> ReductionSettings:
         """The settings a call uses: explicit arguments, else the config; no sampling in training."""
         return ReductionSettings.resolve(self.config, temporal_pool, spatial_pool, temporal_sampling, self.training)
+
+    def settings_for_budget(self, budget: int, num_frames: int) -> ReductionSettings:
+        """The least compression that fits ``budget`` visual tokens for ``num_frames`` frames, pooling
+        in time no more than this model was trained to (``config.temporal_pool``; beyond it, the
+        training-free sampling s). See :func:`~storm_vlm.modeling.reduction.settings_for_budget`."""
+        return settings_for_budget(budget, num_frames, self.config.token_grid, max(self.config.temporal_pool, 1))
 
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """Vision tower on M frames in chunks. ``(M, 3, H, W) → (M, h·w, C)`` patch features."""

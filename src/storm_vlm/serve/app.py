@@ -32,7 +32,6 @@ from transformers import StoppingCriteriaList
 
 from ..inference import prepare_inputs
 from ..limits import MAX_FPS, MAX_FRAMES, MAX_NEW_TOKENS, MAX_REDUCTION
-from ..modeling.reduction import settings_for_budget
 from ..processing_storm import IMAGE_TOKEN, VIDEO_TOKEN
 from ..video import VideoError, sample_frames
 from .deadline import Deadline, DeadlineExceeded, DeadlineStop
@@ -252,7 +251,7 @@ def create_app(model, processor, config: ServerConfig | None = None, model_id: s
         deadline.check()
         try:
             if req.token_budget is not None:
-                settings = settings_for_budget(req.token_budget, len(clip), model.config.token_grid)
+                settings = model.settings_for_budget(req.token_budget, len(clip))
             else:
                 settings = model.reduction_settings(req.temporal_pool, req.spatial_pool, req.temporal_sampling)
             prepared = prepare_inputs(model, processor, clip, question, settings, check=deadline.check)
