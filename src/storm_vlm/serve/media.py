@@ -14,8 +14,11 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["MediaError", "resolve_media"]
+from ..video import Progress, VideoClip, VideoError, sample_frames
+
+__all__ = ["MediaError", "load_clip", "resolve_media"]
 
 _SUFFIX = {
     "video/mp4": ".mp4",
@@ -103,3 +106,17 @@ def _check_path_text(raw: str) -> None:
         raise MediaError(f"media path is {len(raw)} characters; the limit is {MAX_PATH_CHARS}")
     if raw.count("/") >= MAX_PATH_PARTS:
         raise MediaError(f"media path has more than {MAX_PATH_PARTS} parts")
+
+
+def load_clip(url: str, media_root: Path | None, max_bytes: int, progress: Progress, **sampling: Any) -> VideoClip:
+    """The frames of a request's media (``sample_frames`` options in ``sampling``).
+
+    Any problem is a :class:`MediaError`; a video error names the media as the client gave it
+    (the relative path, or "the upload"), never the server's path.
+    """
+    name = "the upload" if url[:5].lower() == "data:" else url[:200]
+    with resolve_media(url, media_root, max_bytes) as path:
+        try:
+            return sample_frames(path, progress=progress, **sampling)
+        except VideoError as err:
+            raise MediaError(str(err).replace(str(path), name)) from None
