@@ -48,9 +48,9 @@ def kernel_table(fn, rows: int = 12) -> str:
 
 
 def decode() -> None:
-    from storm_vlm.bench import small_model_config
     from storm_vlm.modeling.fast_path import enable_fast_path
     from storm_vlm.modeling.modeling_storm import StormForConditionalGeneration
+    from storm_vlm.presets import small_model_config
 
     torch.manual_seed(0)
     with torch.device("cuda"):

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .configuration_storm import StormConfig
+from .modeling.reduction import PAPER_SETTINGS as PAPER
 from .modeling.reduction import ReductionSettings, num_visual_tokens
 
 __all__ = ["DEMO_MODEL", "PAPER_SETTINGS", "run_demo"]
@@ -28,12 +29,7 @@ __all__ = ["DEMO_MODEL", "PAPER_SETTINGS", "run_demo"]
 DEMO_MODEL = Path(__file__).parent / "assets" / "demo-model"
 
 # (label, k, p, s): the paper's settings, §4 / Table 1.
-PAPER_SETTINGS: list[tuple[str, ReductionSettings]] = [
-    ("none", ReductionSettings(1, 1, 1)),
-    ("T.Pool", ReductionSettings(4, 1, 1)),
-    ("T.Pool + T.Sampling", ReductionSettings(4, 1, 2)),
-    ("T.Pool + T.Samp. + S.Pool", ReductionSettings(4, 2, 2)),
-]
+PAPER_SETTINGS: list[tuple[str, ReductionSettings]] = list(PAPER.values())
 
 
 def _load(model_dir: str | Path | None):

@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, SiglipImageProcessorPil, SiglipVisionConfig
+from transformers import (
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    SiglipImageProcessorPil,
+    SiglipVisionConfig,
+)
 
 from .configuration_storm import StormConfig
 from .model_dir import atomic_directory
@@ -22,7 +28,7 @@ from .processing_storm import CHATML_TEMPLATE, StormProcessor, add_placeholder_t
 if TYPE_CHECKING:
     from transformers.image_processing_utils import BaseImageProcessor
 
-__all__ = ["PRESETS", "build_preset", "tiny_tokenizer"]
+__all__ = ["PRESETS", "build_preset", "placeholder_ids", "preset_config", "small_model_config", "tiny_tokenizer"]
 
 _CORPUS = """\
 What happens in the video? Which object appeared first, and which appeared last?
@@ -104,7 +110,7 @@ def tiny_config(vocab_size: int, video_token_id: int, image_token_id: int, **sto
 def build_tiny(**storm_options) -> tuple[StormForConditionalGeneration, StormProcessor]:
     """A tiny random STORM and its processor (seed with ``torch.manual_seed`` first)."""
     tokenizer = tiny_tokenizer()
-    video_id, image_id = cast("list[int]", tokenizer.convert_tokens_to_ids(["<video>", "<image>"]))
+    video_id, image_id = placeholder_ids(tokenizer)
     config = tiny_config(len(tokenizer), video_id, image_id, **storm_options)
     model = StormForConditionalGeneration(config).eval()
     set_generation_tokens(model, tokenizer)
@@ -119,6 +125,42 @@ def set_generation_tokens(model: StormForConditionalGeneration, tokenizer) -> No
 
 def tiny_image_processor() -> SiglipImageProcessorPil:
     return SiglipImageProcessorPil(size={"height": 32, "width": 32})
+
+
+def placeholder_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
+    """The ``<video>`` and ``<image>`` ids (a list of tokens gives a list; typed ``int | list[int]``)."""
+    video_id, image_id = cast(list[int], tokenizer.convert_tokens_to_ids(["<video>", "<image>"]))
+    return video_id, image_id
+
+
+def small_model_config(projector_type: str = "storm") -> StormConfig:
+    """SigLIP-like 224 px / 14 px tower (256 → 64 tokens per frame), Qwen2-like LLM with ~17x its parameters."""
+    video_id, image_id = placeholder_ids(tiny_tokenizer())
+    return StormConfig(
+        vision_config=dict(
+            model_type="siglip_vision_model", hidden_size=256, intermediate_size=1024, num_hidden_layers=6,
+            num_attention_heads=4, image_size=224, patch_size=14, vision_use_head=False,
+        ),
+        text_config=dict(
+            model_type="qwen2", vocab_size=576, hidden_size=640, intermediate_size=1728, num_hidden_layers=18,
+            num_attention_heads=10, num_key_value_heads=2, max_position_embeddings=131072, tie_word_embeddings=True,
+        ),
+        projector_type=projector_type, video_token_id=video_id, image_token_id=image_id, temporal_layers=2,
+    )  # fmt: skip
+
+
+def preset_config(preset: str, projector_type: str = "storm") -> StormConfig:
+    """The config of a named preset, random weights: ``tiny`` (tests), ``small`` (the paper's
+    proportions at CPU size), ``7b-shapes`` (SigLIP-So400m-448 + Qwen2-7B)."""
+    if preset == "7b-shapes":
+        return StormConfig(projector_type=projector_type, video_token_id=151665, image_token_id=151666)
+    if preset == "small":
+        return small_model_config(projector_type)
+    if preset == "tiny":
+        tok = tiny_tokenizer()
+        video_id, image_id = placeholder_ids(tok)
+        return tiny_config(len(tok), video_id, image_id, projector_type=projector_type)
+    raise ValueError(f"unknown bench preset {preset!r} (tiny, small, 7b-shapes)")
 
 
 PRESETS = {"tiny": build_tiny}

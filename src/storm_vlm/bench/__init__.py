@@ -19,22 +19,17 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-from ..configuration_storm import StormConfig
-from ..modeling.reduction import ReductionSettings, num_visual_tokens, settings_for_budget
+from ..modeling.reduction import PAPER_SETTINGS, ReductionSettings, num_visual_tokens, settings_for_budget
+from ..presets import placeholder_ids, preset_config
 from .flops import activation_bytes, kv_cache_bytes, stage_flops
 
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+__all__ = ["CONFIGS", "BenchCell", "preset_config", "run_bench"]
 
-__all__ = ["CONFIGS", "BenchCell", "run_bench"]
-
+# (projector, settings) per bench configuration: the paper's settings, and the no-Mamba baseline
 CONFIGS: dict[str, tuple[str, ReductionSettings]] = {
-    "none": ("storm", ReductionSettings(1, 1, 1)),
-    "k4": ("storm", ReductionSettings(4, 1, 1)),
-    "k4s2": ("storm", ReductionSettings(4, 1, 2)),
-    "k4s2p2": ("storm", ReductionSettings(4, 2, 2)),
+    **{name: ("storm", settings) for name, (_, settings) in PAPER_SETTINGS.items()},
     "mlp": ("mlp", ReductionSettings(1, 1, 1)),
 }
 STAGES = ("decode", "vision", "temporal", "prefill", "decoding")
@@ -61,44 +56,6 @@ class BenchCell:
     fast_path: bool | None = None
 
 
-def _placeholder_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
-    """The ``<video>`` and ``<image>`` ids (a list of tokens gives a list; typed ``int | list[int]``)."""
-    video_id, image_id = cast(list[int], tokenizer.convert_tokens_to_ids(["<video>", "<image>"]))
-    return video_id, image_id
-
-
-def small_model_config(projector_type: str = "storm") -> StormConfig:
-    """SigLIP-like 224 px / 14 px tower (256 → 64 tokens per frame), Qwen2-like LLM with ~17x its parameters."""
-    from ..presets import tiny_tokenizer
-
-    video_id, image_id = _placeholder_ids(tiny_tokenizer())
-    return StormConfig(
-        vision_config=dict(
-            model_type="siglip_vision_model", hidden_size=256, intermediate_size=1024, num_hidden_layers=6,
-            num_attention_heads=4, image_size=224, patch_size=14, vision_use_head=False,
-        ),
-        text_config=dict(
-            model_type="qwen2", vocab_size=576, hidden_size=640, intermediate_size=1728, num_hidden_layers=18,
-            num_attention_heads=10, num_key_value_heads=2, max_position_embeddings=131072, tie_word_embeddings=True,
-        ),
-        projector_type=projector_type, video_token_id=video_id, image_token_id=image_id, temporal_layers=2,
-    )  # fmt: skip
-
-
-def preset_config(preset: str, projector_type: str = "storm") -> StormConfig:
-    if preset == "7b-shapes":
-        return StormConfig(projector_type=projector_type, video_token_id=151665, image_token_id=151666)
-    if preset == "small":
-        return small_model_config(projector_type)
-    if preset == "tiny":
-        from ..presets import tiny_config, tiny_tokenizer
-
-        tok = tiny_tokenizer()
-        video_id, image_id = _placeholder_ids(tok)
-        return tiny_config(len(tok), video_id, image_id, projector_type=projector_type)
-    raise ValueError(f"unknown bench preset {preset!r} (tiny, small, 7b-shapes)")
-
-
 def _build(preset: str, projector_type: str, model_dir: str | None, device: str, fast: bool | None):
     """The measured model: a model directory, or a preset with random weights (bf16 on CUDA)."""
     import torch
@@ -114,7 +71,7 @@ def _build(preset: str, projector_type: str, model_dir: str | None, device: str,
     torch.manual_seed(0)
     tokenizer = tiny_tokenizer()
     config = preset_config(preset, projector_type)
-    config.video_token_id, config.image_token_id = _placeholder_ids(tokenizer)
+    config.video_token_id, config.image_token_id = placeholder_ids(tokenizer)
     with torch.device(device):  # random init where it runs: a 7B model is built on the GPU in seconds
         model = StormForConditionalGeneration(config)
     if model.device.type == "cuda":

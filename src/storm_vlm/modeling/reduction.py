@@ -22,6 +22,7 @@ from ..limits import MAX_REDUCTION  # largest k, p or s: the most frames a clip 
 
 __all__ = [
     "MAX_REDUCTION",
+    "PAPER_SETTINGS",
     "ReductionSettings",
     "num_visual_tokens",
     "reduce_tokens",
@@ -78,6 +79,15 @@ class ReductionSettings:
 
     def __str__(self) -> str:
         return f"k={self.temporal_pool} p={self.spatial_pool} s={self.temporal_sampling}"
+
+
+# The paper's settings (§4, Table 1), by short name, with the label the paper's tables use.
+PAPER_SETTINGS: dict[str, tuple[str, ReductionSettings]] = {
+    "none": ("none", ReductionSettings(1, 1, 1)),
+    "k4": ("T.Pool", ReductionSettings(4, 1, 1)),
+    "k4s2": ("T.Pool + T.Sampling", ReductionSettings(4, 1, 2)),
+    "k4s2p2": ("T.Pool + T.Samp. + S.Pool", ReductionSettings(4, 2, 2)),
+}
 
 
 def temporal_pool(x: torch.Tensor, k: int) -> torch.Tensor:
