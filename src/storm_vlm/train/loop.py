@@ -318,15 +318,7 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
     console = console or Console()
     out = Path(recipe.output_dir)
     final = out / "final"
-    # One process may train several times (notebooks, tests) with different precision settings:
-    # forget the previous run's accelerator settings, keeping the process group.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-    accelerator = Accelerator(
-        gradient_accumulation_steps=recipe.optim.grad_accum,
-        mixed_precision=recipe.mixed_precision,
-        cpu=not torch.cuda.is_available(),  # CPU-only: several processes form a gloo group (DDP on CPU)
-    )
+    accelerator = _accelerator(recipe)
     is_main = accelerator.is_main_process
     finished = _finished(out, recipe)
     if finished and not recipe.overwrite:
@@ -339,30 +331,8 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
     accelerator.wait_for_everyone()
     set_seed(recipe.seed)
 
-    model, processor = build_model(recipe)
-    if recipe.temporal_pool is not None:
-        model.config.temporal_pool = processor.temporal_pool = recipe.temporal_pool
-    if recipe.spatial_pool is not None:
-        model.config.spatial_pool = processor.spatial_pool = recipe.spatial_pool
-    counts = configure_stage(model, recipe.stage)
-    if recipe.lora:
-        _apply_lora(model, recipe.lora)
-        counts = configure_stage_with_lora(model, recipe.stage)
-    if recipe.gradient_checkpointing:
-        model.activation_checkpointing_enable()
-    model.config.use_cache = False
-
-    settings = ReductionSettings.resolve(model.config, training=True)
-    dataset = build_dataset(recipe.data, processor, settings, recipe.seed)
-    sampler = SeededSampler(len(dataset), recipe.seed)
-    loader = DataLoader(
-        dataset,
-        batch_size=recipe.optim.batch_size,
-        sampler=sampler,
-        collate_fn=StormCollator(processor.tokenizer.pad_token_id),
-        num_workers=recipe.data.num_workers,
-        worker_init_fn=_ignore_stop_signals if recipe.data.num_workers > 0 else None,
-    )
+    model, processor, counts = _model_for_stage(recipe)
+    dataset, sampler, loader = _data(recipe, model, processor)
     optimizer = torch.optim.AdamW(param_groups(model, recipe.optim), betas=recipe.optim.betas)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = max(1, math.ceil(len(loader) / recipe.optim.grad_accum))
@@ -410,43 +380,10 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
                 batches_done += len(micro_batches)
                 for batch in micro_batches:
                     skipped += batch.pop("skipped", [])
-                targets = _global_target_count(accelerator, micro_batches)
-                for i, batch in enumerate(micro_batches):
-                    with _micro_batch(accelerator, model, last=i == len(micro_batches) - 1):
-                        if "input_ids" in batch:
-                            outputs = model(**batch, num_items_in_batch=targets)  # Σ token losses / targets
-                            loss = outputs.loss
-                            correct, total = _token_accuracy(outputs.logits.detach(), batch["labels"])
-                            window["tokens"] += int(batch["attention_mask"].sum())
-                            window["samples"] += batch["input_ids"].shape[0]
-                        else:  # every sample of the batch was bad: a zero step keeps processes in sync
-                            loss = sum(p.reshape(-1)[0] * 0.0 for p in model.parameters() if p.requires_grad)
-                            correct = total = 0
-                        # accelerate divides by grad_accum and DDP averages over processes: undo both
-                        accelerator.backward(loss * accelerator.gradient_accumulation_steps * accelerator.num_processes)
-                        if accelerator.sync_gradients and recipe.optim.max_grad_norm > 0:
-                            accelerator.clip_grad_norm_(model.parameters(), recipe.optim.max_grad_norm)
-                        optimizer.step()
-                        optimizer.zero_grad()
-                    window["loss"] += float(loss.detach())  # this micro-batch's share of the global token mean
-                    window["correct"] += correct
-                    window["total"] += total
+                _optimizer_step(accelerator, model, optimizer, micro_batches, recipe.optim.max_grad_norm, window)
                 scheduler.step()
                 step += 1
-                stats = torch.tensor(
-                    [
-                        window["loss"],
-                        window["correct"],
-                        window["total"],
-                        window["tokens"],
-                        window["samples"],
-                        float(stop.received == signal.SIGTERM),  # a signal on any process stops them all
-                        float(stop.received == signal.SIGINT),
-                    ],
-                    device=accelerator.device,
-                    dtype=torch.float64,
-                )
-                stats = accelerator.reduce(stats, reduction="sum")
+                stats = _reduced_stats(accelerator, window, stop.received)
                 trained += int(stats[4])
                 epoch_samples += int(stats[4])
                 last_loss = float(stats[0])  # the shares of every micro-batch of every process: the token mean
@@ -500,10 +437,132 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
 
     if stop_after_steps is not None and step == stop_after_steps and step < total_steps:
         return TrainResult(out, None, step, skipped, last_loss, last_acc)
+    _save_final(accelerator, model, processor, recipe, final)
+    if is_main:
+        _report_skipped(console, skipped)
+        console.print(f"saved {final}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(out, final, step, skipped, last_loss, last_acc)
+
+
+def _accelerator(recipe: TrainRecipe) -> Accelerator:
+    """An Accelerator for this recipe's accumulation and precision.
+
+    One process may train several times (notebooks, tests) with different precision settings, and
+    accelerate keeps its settings in process-wide singletons that refuse a second configuration;
+    accelerate offers no public reset, so its own ``_reset_state`` (what its test suite uses)
+    forgets the previous run's settings while keeping the process group.
+    """
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(
+        gradient_accumulation_steps=recipe.optim.grad_accum,
+        mixed_precision=recipe.mixed_precision,
+        cpu=not torch.cuda.is_available(),  # CPU-only: several processes form a gloo group (DDP on CPU)
+    )
+
+
+def _model_for_stage(recipe: TrainRecipe) -> tuple[StormForConditionalGeneration, StormProcessor, dict[str, int]]:
+    """The model with the recipe's k / p, the stage's trainable parts (LoRA on the LLM if asked) and
+    gradient checkpointing; returns the trainable parameter counts per part too."""
+    model, processor = build_model(recipe)
+    if recipe.temporal_pool is not None:
+        model.config.temporal_pool = processor.temporal_pool = recipe.temporal_pool
+    if recipe.spatial_pool is not None:
+        model.config.spatial_pool = processor.spatial_pool = recipe.spatial_pool
+    counts = configure_stage(model, recipe.stage)
+    if recipe.lora:
+        _apply_lora(model, recipe.lora)
+        counts = configure_stage_with_lora(model, recipe.stage)
+    if recipe.gradient_checkpointing:
+        model.activation_checkpointing_enable()
+    model.config.use_cache = False
+    return model, processor, counts
+
+
+def _data(
+    recipe: TrainRecipe, model: StormForConditionalGeneration, processor: StormProcessor
+) -> tuple[Any, SeededSampler, DataLoader]:
+    """The dataset, its seeded (resumable) sampler and the loader."""
+    settings = ReductionSettings.resolve(model.config, training=True)
+    dataset = build_dataset(recipe.data, processor, settings, recipe.seed)
+    sampler = SeededSampler(len(dataset), recipe.seed)
+    loader = DataLoader(
+        dataset,
+        batch_size=recipe.optim.batch_size,
+        sampler=sampler,
+        collate_fn=StormCollator(processor.tokenizer.pad_token_id),
+        num_workers=recipe.data.num_workers,
+        worker_init_fn=_ignore_stop_signals if recipe.data.num_workers > 0 else None,
+    )
+    return dataset, sampler, loader
+
+
+def _optimizer_step(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: list[dict[str, Any]],
+    max_grad_norm: float,
+    window: dict[str, Any],
+) -> None:
+    """One optimizer step over a window of micro-batches: the loss is the mean over every target
+    token of the window on every process (see ``_global_target_count``); adds to ``window``."""
+    targets = _global_target_count(accelerator, micro_batches)
+    for i, batch in enumerate(micro_batches):
+        with _micro_batch(accelerator, model, last=i == len(micro_batches) - 1):
+            if "input_ids" in batch:
+                outputs = model(**batch, num_items_in_batch=targets)  # Σ token losses / targets
+                loss = outputs.loss
+                correct, total = _token_accuracy(outputs.logits.detach(), batch["labels"])
+                window["tokens"] += int(batch["attention_mask"].sum())
+                window["samples"] += batch["input_ids"].shape[0]
+            else:  # every sample of the batch was bad: a zero step keeps processes in sync
+                loss = sum(p.reshape(-1)[0] * 0.0 for p in model.parameters() if p.requires_grad)
+                correct = total = 0
+            # accelerate divides by grad_accum and DDP averages over processes: undo both
+            accelerator.backward(loss * accelerator.gradient_accumulation_steps * accelerator.num_processes)
+            if accelerator.sync_gradients and max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad()
+        window["loss"] += float(loss.detach())  # this micro-batch's share of the global token mean
+        window["correct"] += correct
+        window["total"] += total
+
+
+def _reduced_stats(accelerator: Accelerator, window: dict[str, Any], received: int | None) -> torch.Tensor:
+    """(loss, correct, total, tokens, samples, SIGTERM seen, SIGINT seen) summed over processes:
+    a signal on any process stops them all at the same step."""
+    stats = torch.tensor(
+        [
+            window["loss"],
+            window["correct"],
+            window["total"],
+            window["tokens"],
+            window["samples"],
+            float(received == signal.SIGTERM),
+            float(received == signal.SIGINT),
+        ],
+        device=accelerator.device,
+        dtype=torch.float64,
+    )
+    return accelerator.reduce(stats, reduction="sum")
+
+
+def _save_final(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    processor: StormProcessor,
+    recipe: TrainRecipe,
+    final: Path,
+) -> None:
+    """``final/`` written whole or not at all (gathering FSDP / ZeRO-3 shards first), LoRA merged."""
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     state_dict = accelerator.get_state_dict(model)  # gathers FSDP / ZeRO-3 shards
-    if is_main:
+    if accelerator.is_main_process:
         _merge_lora(unwrapped)
         unwrapped.config.use_cache = True
 
@@ -513,12 +572,7 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
             (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
 
         atomic_directory(final, write, overwrite=True)
-        (out / UNFINISHED).unlink(missing_ok=True)
-        _report_skipped(console, skipped)
-        console.print(f"saved {final}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return TrainResult(out, final, step, skipped, last_loss, last_acc)
+        (final.parent / UNFINISHED).unlink(missing_ok=True)
 
 
 def configure_stage_with_lora(model: StormForConditionalGeneration, stage: int) -> dict[str, int]:
