@@ -29,7 +29,7 @@ import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -93,7 +93,7 @@ class StormProcessorKwargs(ProcessingKwargs, total=False):
     spatial_pool: int | None
     temporal_sampling: int | None
     training: bool | None
-    videos_kwargs: StormVideosKwargs
+    videos_kwargs: StormVideosKwargs  # type: ignore[misc]  # a TypedDict field narrowed to STORM's keys
 
 
 def add_placeholder_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
@@ -105,7 +105,8 @@ def add_placeholder_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int
         tokenizer.chat_template = CHATML_TEMPLATE if has_chatml else PLAIN_TEMPLATE
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer.convert_tokens_to_ids(VIDEO_TOKEN), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    ids = cast(list[int], tokenizer.convert_tokens_to_ids([VIDEO_TOKEN, IMAGE_TOKEN]))  # a list in, a list out
+    return ids[0], ids[1]
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -202,7 +203,7 @@ class StormProcessor(ProcessorMixin):
         temporal_pool, spatial_pool, temporal_sampling: default k, p, s (the model's defaults).
     """
 
-    valid_processor_kwargs = StormProcessorKwargs
+    valid_processor_kwargs = StormProcessorKwargs  # type: ignore[assignment]  # typed as the base TypedDict's type
     # Defaults for every call: tensors, padded on the left (prompts are continued by generate).
     text_kwargs: TextKwargs = {"padding": True, "return_tensors": "pt"}  # noqa: RUF012
     video_token = VIDEO_TOKEN
@@ -220,7 +221,7 @@ class StormProcessor(ProcessorMixin):
         chat_template: str | None = None,
         **kwargs,
     ) -> None:
-        self.token_grid = tuple(int(x) for x in token_grid)
+        self.token_grid: tuple[int, int] = (int(token_grid[0]), int(token_grid[1]))
         self.temporal_pool = temporal_pool
         self.spatial_pool = spatial_pool
         self.temporal_sampling = temporal_sampling
@@ -281,7 +282,7 @@ class StormProcessor(ProcessorMixin):
         for name in ("processor_config.json", "tokenizer_config.json"):
             if (Path(save_directory) / name).is_file():
                 add_auto_map(Path(save_directory) / name, PROCESSOR_AUTO_MAP)
-        write_remote_code(save_directory)
+        write_remote_code(Path(save_directory))
         return saved
 
     @classmethod
@@ -300,7 +301,7 @@ class StormProcessor(ProcessorMixin):
         saved = processor_dict.get("video_processor")
         separate = Path(pretrained_model_name_or_path, subfolder, "video_preprocessor_config.json")
         if isinstance(saved, dict):
-            video_processor = cls._video_processor_class(saved).from_dict(saved)
+            video_processor = cls._video_processor_class(saved).from_dict(saved)  # type: ignore[attr-defined]
         elif separate.is_file():
             video_processor = StormVideoProcessor.from_json_file(separate)
         else:
@@ -470,12 +471,13 @@ class StormProcessor(ProcessorMixin):
         texts = [text] if isinstance(text, str) else list(text)
         if not all(isinstance(t, str) for t in texts):
             raise TypeError("text must be a string or a list of strings")
-        merged = self._merge_kwargs(StormProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
+        merged = self._merge_kwargs(StormProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)  # type: ignore[arg-type]  # transformers types the class as an instance
+        flat = cast(dict[str, Any], merged)  # the reduction keys sit at the top level of the merged kwargs
         settings = self.reduction_settings(
-            merged.get("temporal_pool"),
-            merged.get("spatial_pool"),
-            merged.get("temporal_sampling"),
-            bool(merged.get("training")),
+            flat.get("temporal_pool"),
+            flat.get("spatial_pool"),
+            flat.get("temporal_sampling"),
+            bool(flat.get("training")),
         )
         text_kwargs = merged["text_kwargs"]
         return_tensors = text_kwargs.get("return_tensors")
@@ -492,7 +494,7 @@ class StormProcessor(ProcessorMixin):
 
         expanded, offsets = self._expanded(texts, [c.shape[0] for c in clips], len(pics), settings)
         data: dict[str, Any] = dict(self.tokenizer(expanded, **text_kwargs))
-        self._check_special_mm_tokens(expanded, data, modalities=["image", "video"])
+        self._check_special_mm_tokens(expanded, cast(BatchFeature, data), modalities=["image", "video"])
         row = [settings.temporal_pool, settings.spatial_pool, settings.temporal_sampling]
         ragged = False
         if clips:
@@ -510,7 +512,9 @@ class StormProcessor(ProcessorMixin):
         return BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=skip)
 
     # -- chat templates ----------------------------------------------------------------------
-    def apply_chat_template(self, conversation: Any, chat_template: str | None = None, **kwargs: Any) -> Any:
+    def apply_chat_template(  # type: ignore[override]  # the same call, typed for any conversation
+        self, conversation: Any, chat_template: str | None = None, **kwargs: Any
+    ) -> Any:
         """transformers' ``apply_chat_template``, with typed content parts on any template.
 
         ``{"type": "video"}`` / ``{"type": "image"}`` parts become placeholder lines and text

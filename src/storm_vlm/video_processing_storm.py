@@ -260,8 +260,8 @@ class StormVideoProcessor(VideoProcessorMixin):
         if target == (height, width):
             return video
         if video.is_floating_point():
-            mode = {int(PILImageResampling.NEAREST): "nearest", int(PILImageResampling.BILINEAR): "bilinear"}
-            mode = mode.get(resample, "bicubic")
+            modes = {int(PILImageResampling.NEAREST): "nearest", int(PILImageResampling.BILINEAR): "bilinear"}
+            mode = modes.get(resample, "bicubic")
             return F.interpolate(video, size=target, mode=mode, antialias=mode != "nearest")
         if video.device.type != "cpu" and resample in _FILTERS:
             return pil_resize(video, target, resample)
@@ -361,7 +361,7 @@ def _to_rgb(video: torch.Tensor) -> torch.Tensor:
 
 def image_processor_settings(image_processor: Any) -> dict[str, Any]:
     """The resize / crop / rescale / normalise settings an image processor shares with this one."""
-    settings = {}
+    settings: dict[str, Any] = {}
     for name in _SHARED_SETTINGS:
         value = getattr(image_processor, name, None)
         if value is None:
@@ -382,8 +382,11 @@ def _output_size(frame: torch.Tensor, size: SizeDict) -> tuple[int, int]:
     if size.shortest_edge and size.longest_edge:
         return get_size_with_aspect_ratio((height, width), size.shortest_edge, size.longest_edge)
     if size.shortest_edge:
-        return get_resize_output_image_size(
-            frame, size=size.shortest_edge, default_to_square=False, input_data_format=ChannelDimension.FIRST
+        return get_resize_output_image_size(  # it reads only the shape, which a tensor has as well
+            frame,  # type: ignore[arg-type]
+            size=size.shortest_edge,
+            default_to_square=False,
+            input_data_format=ChannelDimension.FIRST,
         )
     if size.max_height and size.max_width:
         return get_image_size_for_max_height_width((height, width), size.max_height, size.max_width)
@@ -395,6 +398,8 @@ def _output_size(frame: torch.Tensor, size: SizeDict) -> tuple[int, int]:
 def center_crop(video: torch.Tensor, crop_size: SizeDict) -> torch.Tensor:
     """transformers' centre crop (zero padding where the frame is smaller than the crop)."""
     height, width = video.shape[-2:]
+    if crop_size.height is None or crop_size.width is None:
+        raise ValueError(f"crop_size must have height and width, got {crop_size}")
     crop_h, crop_w = int(crop_size.height), int(crop_size.width)
     if crop_h > height or crop_w > width:
         pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
