@@ -559,3 +559,20 @@ def test_lmms_eval_plugin_frames_text_only_order_and_ranks(tiny, tmp_path):
                                               "test"))  # fmt: skip
     both = plugin.generate_until([short, long])
     assert both == [plugin.generate_until([short])[0], plugin.generate_until([long])[0]]
+
+
+def test_mlvu_reports_the_mean_over_tasks_as_its_headline():
+    """M-Avg weighs every task the same: 1 of 1 right in one task and 0 of 3 in another is 50%, not 25%."""
+    from storm_vlm.eval.benchmarks import BENCHMARKS
+    from storm_vlm.eval.runner import EvalSettings, markdown_summary, summarize
+    from storm_vlm.modeling.reduction import ReductionSettings
+
+    def row(i, task, correct):
+        return {"id": str(i), "task": task, "answer": "A", "parsed": "A" if correct else "B", "correct": correct,
+                "frames": 4, "visual_tokens": 64, "timings": {}}  # fmt: skip
+
+    rows = [row(0, "count", True), row(1, "order", False), row(2, "order", False), row(3, "order", False)]
+    results = summarize(rows, EvalSettings(num_frames=4, reduction=ReductionSettings()), {}, [])
+    assert results["overall"]["accuracy"] == 0.25 and results["task_mean"] == 0.5
+    assert "| **mean over tasks (M-Avg)** | 50.0 |" in markdown_summary(results)
+    assert BENCHMARKS["mlvu"].headline == "task_mean" and BENCHMARKS["mvbench"].headline == "overall"

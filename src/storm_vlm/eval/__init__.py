@@ -89,7 +89,8 @@ def run_benchmark(
             f"[yellow]{len(problems)} malformed {benchmark} entr(ies) skipped[/yellow] (listed in summary.md)"
         )
     config = {"benchmark": benchmark, "model": str(model_dir), "model_fingerprint": fingerprint,
-              "data_root": str(Path(data_root).resolve()), "tasks": tasks, "token_budget": token_budget}  # fmt: skip
+              "data_root": str(Path(data_root).resolve()), "tasks": tasks, "token_budget": token_budget,
+              "headline": bench.headline}  # fmt: skip
     results: dict[int, dict[str, Any]] = {}
     if token_budget is not None and any(v is not None for v in (temporal_pool, spatial_pool, temporal_sampling)):
         raise ValueError("give --token-budget or explicit --temporal-pool / --spatial-pool / --sample, not both")
@@ -107,8 +108,9 @@ def run_benchmark(
                     f"(as few as {res['frames_short']['min_frames']}): the {n}-frame result does not measure {n} "
                     "frames for them"
                 )
+            headline = f"M-Avg {_pct(res['task_mean'])}, " if bench.headline == "task_mean" else ""
             console.print(
-                f"{benchmark} {n} frames: accuracy {_pct(res['overall']['accuracy'])} "
+                f"{benchmark} {n} frames: {headline}accuracy {_pct(res['overall']['accuracy'])} "
                 f"({res['overall']['answered']} answered, {res['overall']['errors']} errors){_usage_line(res)} "
                 f"→ {out / f'frames-{n}'}"
             )

@@ -382,10 +382,14 @@ def summarize(
     if settings.scan_cut:
         usage = {"mamba_usage": mamba_usage(rows) if has_temporal else {"applies": False, "reason": NOT_APPLICABLE}}
     short = [r for r in ok if r["frames"] < settings.num_frames]
+    per_task = {t: _accuracy(v) for t, v in sorted(by_task.items())}
+    task_accuracies = [a["accuracy"] for a in per_task.values() if a["accuracy"] is not None]
     return {
         "overall": _accuracy(rows),
+        # the mean over tasks (MLVU's headline, "M-Avg"): every task counts the same, however many questions
+        "task_mean": statistics.mean(task_accuracies) if task_accuracies else None,
         "frames_short": {"items": len(short), "min_frames": min((r["frames"] for r in short), default=None)},
-        "per_task": {t: _accuracy(v) for t, v in sorted(by_task.items())},
+        "per_task": per_task,
         "per_duration_group": {g: _accuracy(v) for g, v in sorted(by_group.items())},
         "config": {**config, **settings_identity(settings), "scan_cut": settings.scan_cut},
         "mean_frames": statistics.mean(r["frames"] for r in ok) if ok else None,
@@ -431,6 +435,8 @@ def markdown_summary(results: dict[str, Any]) -> str:
     ]
     for name, acc in [*results["per_task"].items(), ("**overall**", results["overall"])]:
         lines.append(f"| {name} | {_pct(acc['accuracy'])} | {acc['answered']} | {acc['errors']} | {acc['unparsed']} |")
+    if results.get("task_mean") is not None:
+        lines.append(f"| **mean over tasks (M-Avg)** | {_pct(results['task_mean'])} | | | |")
     if results["per_duration_group"]:
         lines += ["", "| duration group | accuracy (%) | answered |", "|---|---|---|"]
         for name, acc in results["per_duration_group"].items():
