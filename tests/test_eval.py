@@ -163,6 +163,16 @@ def test_other_layouts(tmp_path):
     (tmp_path / "vmme" / "videomme.json").write_text(json.dumps(vm))
     _, items, _ = load_benchmark("videomme", tmp_path / "vmme")
     assert items[0].options == ["1", "2", "3", "4"] and items[0].duration_group == "short"
+    # Video-MME as published: videomme/test-00000-of-00001.parquet (the storm-vlm[benchmarks] extra reads it)
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow
+
+    published = tmp_path / "vmme-parquet" / "videomme" / "test-00000-of-00001.parquet"
+    published.parent.mkdir(parents=True)
+    pq.write_table(pyarrow.Table.from_pylist(vm), published)
+    _, from_parquet, _ = load_benchmark("videomme", tmp_path / "vmme-parquet")
+    assert [(it.id, it.options, it.answer, it.task) for it in from_parquet] == [("001-1", ["1", "2", "3", "4"], "B",
+                                                                                "Counting")]  # fmt: skip
     # mc-json: answers as letter, index or text
     mc = [{"video": "v.mp4", "question": "Q", "options": ["x", "y"], "answer": a} for a in ("B", 1, "y")]
     (tmp_path / "mc.json").write_text(json.dumps(mc))

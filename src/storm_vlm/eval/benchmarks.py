@@ -274,7 +274,8 @@ def _videomme_rows(root: Path) -> list[dict[str, Any]]:
             try:
                 import pyarrow.parquet as pq  # optional, untyped (ignore_missing_imports in pyproject)
             except ImportError:
-                raise ValueError(f"{candidate}: reading parquet needs pyarrow (pip install pyarrow)") from None
+                need = "reading parquet needs pyarrow (pip install 'storm-vlm[benchmarks]')"
+                raise ValueError(f"{candidate}: {need}") from None
             return pq.read_table(candidate).to_pylist()
     return _read_json(root / "videomme.json")
 
