@@ -586,3 +586,37 @@ def test_mlvu_reports_the_mean_over_tasks_as_its_headline():
     assert results["overall"]["accuracy"] == 0.25 and results["task_mean"] == 0.5
     assert "| **mean over tasks (M-Avg)** | 50.0 |" in markdown_summary(results)
     assert BENCHMARKS["mlvu"].headline == "task_mean" and BENCHMARKS["mvbench"].headline == "overall"
+
+
+def test_batched_option_scores_equal_one_forward_per_option(tiny):
+    """The fast path (the prompt once, its cache repeated, the options in one padded batch) against the
+    obvious one (prompt + option through the whole model, option by option)."""
+    import numpy as np
+    import torch
+
+    from storm_vlm.eval.runner import option_logprobs
+    from storm_vlm.inference import prepare_inputs
+    from storm_vlm.video import VideoClip
+
+    model, processor = tiny
+    frames = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    clip = VideoClip(frames, np.arange(4.0), np.arange(4), 1.0, 4.0, (32, 32), 4)
+    prepared = prepare_inputs(
+        model, processor, clip, "Which? A. red B. a long green thing C. x", model.reduction_settings()
+    )
+    options = ["red", "a long green thing", "x", "blue and yellow"]
+    ids = [processor.tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
+    assert len({len(i) for i in ids}) > 1  # unequal lengths: the padding is exercised
+    with torch.inference_mode():
+        fast = option_logprobs(model, prepared.inputs_embeds, prepared.attention_mask, ids)
+        slow = []
+        for option in ids:
+            t = torch.tensor([option])
+            embeds = torch.cat([prepared.inputs_embeds, model.get_input_embeddings()(t)], dim=1)
+            mask = torch.cat([prepared.attention_mask, torch.ones_like(t)], dim=1)
+            logits = model(inputs_embeds=embeds, attention_mask=mask).logits[0, -t.shape[1] - 1 : -1]
+            slow.append(float(torch.log_softmax(logits.float(), -1).gather(-1, t[0][:, None]).sum()))
+    assert fast == pytest.approx(slow, abs=1e-4)
+    assert max(range(4), key=fast.__getitem__) == max(range(4), key=slow.__getitem__)
+    with pytest.raises(ValueError, match="at least one token"):
+        option_logprobs(model, prepared.inputs_embeds, prepared.attention_mask, [ids[0], []])

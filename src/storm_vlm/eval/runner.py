@@ -114,16 +114,8 @@ def _predict(
     with torch.inference_mode():
         gen_start = time.perf_counter()
         if settings.scoring == "loglik":
-            # option log-likelihood: log p(option text | prompt), summed over its tokens
-            scores = []
-            for option in item.options:
-                ids = processor.tokenizer(option, add_special_tokens=False, return_tensors="pt")["input_ids"]
-                ids = ids.to(prepared.inputs_embeds.device)
-                embeds = torch.cat([prepared.inputs_embeds, model.get_input_embeddings()(ids)], dim=1)
-                mask = torch.cat([prepared.attention_mask, torch.ones_like(ids)], dim=1)
-                logits = model(inputs_embeds=embeds, attention_mask=mask).logits[0, -ids.shape[1] - 1 : -1]
-                logprobs = torch.log_softmax(logits.float(), -1).gather(-1, ids[0][:, None])
-                scores.append(float(logprobs.sum()))
+            ids = [processor.tokenizer(o, add_special_tokens=False)["input_ids"] for o in item.options]
+            scores = option_logprobs(model, prepared.inputs_embeds, prepared.attention_mask, ids)
             letter: str | None = letters[max(range(len(scores)), key=scores.__getitem__)]
             raw = " ".join(f"{c}:{v:.3f}" for c, v in zip(letters, scores))
             extra = {"scores": scores}  # full precision: raw_output rounds
@@ -152,6 +144,48 @@ def _predict(
         "visual_tokens": prepared.visual_tokens,
         "timings": timings,
     }
+
+
+def option_logprobs(
+    model: StormForConditionalGeneration,
+    prompt_embeds: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    options: list[list[int]],
+) -> list[float]:
+    """log p(option | prompt) summed over each option's tokens, for every option in one batch.
+
+    The prompt (visual tokens included: the long part) runs once; its KV cache is repeated for the
+    options, which run together right-padded (padding after a sequence cannot change it). The same
+    numbers as one forward of prompt + option per option (tested), at a fraction of the cost.
+    """
+    if not options or any(len(o) == 0 for o in options):
+        raise ValueError("every option needs at least one token")
+    device = prompt_embeds.device
+    out = model(inputs_embeds=prompt_embeds, attention_mask=prompt_mask, use_cache=True)
+    first = torch.log_softmax(out.logits[0, -1].float(), -1)  # predicts each option's first token
+    n, longest = len(options), max(len(o) for o in options)
+    ids = torch.zeros(n, longest, dtype=torch.long, device=device)
+    mask = torch.zeros(n, longest, dtype=prompt_mask.dtype, device=device)
+    for i, option in enumerate(options):
+        ids[i, : len(option)] = torch.tensor(option, device=device)
+        mask[i, : len(option)] = 1
+    cache = out.cache
+    cache.batch_repeat_interleave(n)
+    rest = model(
+        inputs_embeds=model.get_input_embeddings()(ids),
+        attention_mask=torch.cat([prompt_mask.expand(n, -1), mask], dim=1),
+        cache=cache,
+        use_cache=True,
+    ).logits.float()
+    logprobs = torch.log_softmax(rest, -1)  # position j predicts token j + 1
+    scores = []
+    for i, option in enumerate(options):
+        total = first[option[0]]
+        if len(option) > 1:
+            picked = logprobs[i, : len(option) - 1].gather(-1, ids[i, 1 : len(option), None])
+            total = total + picked.sum()
+        scores.append(float(total))
+    return scores
 
 
 def _score(
