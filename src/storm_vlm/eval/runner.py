@@ -233,7 +233,13 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     rank, world, state = _rank_world()
     identity = {**(config or {}), **settings_identity(settings), "prompt_sha": prompt_digest(items, prompt_fn)}
-    _claim(out, identity, rank)  # before the limit: a rerun with another --limit is the same run
+    # Before the limit (a rerun with another --limit is the same run). Every process checks the same
+    # folder before any writes to it, so all of them refuse or none; then the main one records the run.
+    _check_claim(out, identity)
+    if state is not None and world > 1:
+        state.wait_for_everyone()
+    if rank == 0:
+        _record_claim(out, identity)
     if settings.limit is not None:
         items = items[: settings.limit]
     has_temporal = model.temporal is not None
@@ -320,7 +326,7 @@ def prompt_digest(items: list[MCItem], prompt_fn: PromptFn) -> str:
     return digest.hexdigest()[:12]
 
 
-def _claim(out: Path, identity: dict[str, Any], rank: int) -> None:
+def _check_claim(out: Path, identity: dict[str, Any]) -> None:
     """Resume only the same run: ``out/run.json`` records what produced its predictions.
 
     Predictions are resumed by question id, so another model or other settings in the same folder
@@ -334,13 +340,16 @@ def _claim(out: Path, identity: dict[str, Any], rank: int) -> None:
         if differ:
             what = ", ".join(f"{k} {recorded.get(k)!r} → {identity.get(k)!r}" for k in differ)
             raise ValueError(f"{out} holds predictions of another run ({what}): pass another --out or remove it")
-        return
-    if any(out.glob("predictions*.jsonl")):
+    elif any(out.glob("predictions*.jsonl")):
         raise ValueError(
             f"{out} holds predictions without {RUN_FILE} (no record of the model and settings that made them): "
             "pass another --out or remove it"
         )
-    if rank == 0:
+
+
+def _record_claim(out: Path, identity: dict[str, Any]) -> None:
+    run_file = out / RUN_FILE
+    if not run_file.is_file():
         tmp = run_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(identity, indent=1, sort_keys=True))
         tmp.replace(run_file)
