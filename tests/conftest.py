@@ -9,10 +9,14 @@ import torch
 if not torch.cuda.is_available():  # Triton kernels run in its interpreter on CPU-only machines
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from transformers import CLIPVisionConfig
 
 from storm_vlm.presets import build_tiny
+from storm_vlm.synth import make_motion_qa
 
 
 @pytest.fixture(autouse=True)
@@ -34,3 +38,33 @@ def tiny_mlp():
 
 def random_frames(num_frames: int, height: int = 36, width: int = 44, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (num_frames, height, width, 3), dtype=np.uint8)
+
+
+def tiny_clip_vision_config() -> CLIPVisionConfig:
+    """A tiny CLIP tower: 32 px frames in 4 px patches (an 8 x 8 grid plus CLS)."""
+    return CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=4
+    )
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """8 generated clips with colour questions: training data for the tiny recipes."""
+    root = tmp_path_factory.mktemp("motion")
+    make_motion_qa(root, num_samples=8, num_frames=8, size=32, questions=("color",))
+    return root
+
+
+def tiny_train_overrides(data: Path, out: Path, *extra: str) -> list[str]:
+    """Recipe overrides that train the tiny preset on ``data`` for 4 steps into ``out``."""
+    base = [
+        "init.preset=tiny",
+        f"data.json={data / 'train.json'}",
+        f"data.media_root={data}",
+        "data.num_frames=4",
+        "optim.batch_size=2",
+        "optim.lr=2e-3",
+        "optim.max_steps=4",
+        f"output_dir={out}",
+    ]
+    return base + list(extra)

@@ -19,7 +19,6 @@ from transformers import (
     CLIPConfig,
     CLIPImageProcessor,
     CLIPModel,
-    CLIPVisionConfig,
     CLIPVisionModel,
     GemmaConfig,
     LlavaConfig,
@@ -49,13 +48,9 @@ from storm_vlm.presets import (
     tiny_vision_config,
 )
 
+from .conftest import tiny_clip_vision_config
+
 Rename = Callable[[str], str | None]
-
-
-def tiny_clip_vision_config() -> CLIPVisionConfig:
-    return CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=4
-    )
 
 
 def tiny_gemma_config() -> GemmaConfig:

@@ -29,7 +29,6 @@ from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
     CLIPImageProcessor,
-    CLIPVisionConfig,
     CLIPVisionModel,
     LogitsProcessor,
     LogitsProcessorList,
@@ -48,6 +47,7 @@ from storm_vlm.presets import (
 )
 from storm_vlm.video import sample_frames, write_video
 
+from .conftest import tiny_clip_vision_config
 from .media import pattern
 
 VARIANTS = ("storm", "mlp", "causal", "clip")
@@ -89,14 +89,7 @@ class StormModelTester:
         }[self.variant]
         options |= overrides
         if self.variant == "clip":
-            vision = CLIPVisionConfig(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                image_size=32,
-                patch_size=4,
-            )
+            vision = tiny_clip_vision_config()
             return StormConfig(
                 vision_config=vision,
                 text_config=tiny_text_config(-(-vocab // 64) * 64),

@@ -20,33 +20,13 @@ import yaml
 from storm_vlm.model_dir import share_like_umask
 from storm_vlm.modeling import scan_cpu
 from storm_vlm.modeling.reduction import ReductionSettings
-from storm_vlm.synth import make_motion_qa
 from storm_vlm.train import load_recipe, train
 from storm_vlm.train.data import BadSample, DataError, LlavaVideoDataset, read_samples
 from storm_vlm.train.recipe import RecipeError
 
+from .conftest import tiny_train_overrides as overrides
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("motion")
-    make_motion_qa(root, num_samples=8, num_frames=8, size=32, questions=("color",))
-    return root
-
-
-def overrides(data: Path, out: Path, *extra: str) -> list[str]:
-    base = [
-        "init.preset=tiny",
-        f"data.json={data / 'train.json'}",
-        f"data.media_root={data}",
-        "data.num_frames=4",
-        "optim.batch_size=2",
-        "optim.lr=2e-3",
-        "optim.max_steps=4",
-        f"output_dir={out}",
-    ]
-    return base + list(extra)
 
 
 def recipe(data: Path, out: Path, *extra: str):

@@ -15,27 +15,11 @@ from storm_vlm.train import load_recipe, train
 from storm_vlm.train.recipe import RecipeError
 from storm_vlm.train.stages import module_of
 
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("motion")
-    make_motion_qa(root, num_samples=8, num_frames=8, size=32, questions=("color",))
-    return root
+from .conftest import tiny_train_overrides
 
 
 def recipe(data, out, *overrides):
-    base = [
-        "model=null",
-        "init.preset=tiny",
-        f"data.json={data / 'train.json'}",
-        f"data.media_root={data}",
-        "data.num_frames=4",
-        "optim.batch_size=2",
-        "optim.lr=2e-3",
-        "optim.max_steps=4",
-        f"output_dir={out}",
-    ]
-    return load_recipe("configs/tiny-stage2.yaml", base + list(overrides))
+    return load_recipe("configs/tiny-stage2.yaml", ["model=null", *tiny_train_overrides(data, out, *overrides)])
 
 
 def weights_by_module(path):
