@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="A model directory (default: the tiny random preset).")
     args = parser.parse_args()
 
-    from storm_vlm.eval.runner import option_logprobs
+    from storm_vlm.eval.runner import option_logprobs, option_logprobs_reference
     from storm_vlm.inference import load_model, prepare_inputs
     from storm_vlm.presets import build_tiny
     from storm_vlm.synth import motion_clip
@@ -47,34 +47,22 @@ def main() -> None:
         picks = rng.choice(len(words), args.options, replace=False)
         option_ids.append([processor.tokenizer(words[i], add_special_tokens=False)["input_ids"] for i in picks])
 
-    def slow(p, options):
-        scores = []
-        for option in options:
-            t = torch.tensor([option])
-            embeds = torch.cat([p.inputs_embeds, model.get_input_embeddings()(t)], dim=1)
-            mask = torch.cat([p.attention_mask, torch.ones_like(t)], dim=1)
-            logits = model(inputs_embeds=embeds, attention_mask=mask).logits[0, -t.shape[1] - 1 : -1]
-            scores.append(float(torch.log_softmax(logits.float(), -1).gather(-1, t[0][:, None]).sum()))
-        return scores
-
-    results = {}
+    ways = {"one forward per option": option_logprobs_reference, "batched (prompt once)": option_logprobs}
+    scores, seconds = {}, {}
     with torch.inference_mode():
-        for name, fn in (("one forward per option", slow),
-                         ("batched (prompt once)", lambda p, o: option_logprobs(model, p.inputs_embeds,
-                                                                               p.attention_mask, o))):  # fmt: skip
-            fn(prepared[0], option_ids[0])  # warm-up
+        for name, score in ways.items():
+            score(model, prepared[0].inputs_embeds, prepared[0].attention_mask, option_ids[0])  # warm-up
             start = time.perf_counter()
-            results[name] = [fn(p, o) for p, o in zip(prepared, option_ids)]
-            seconds = time.perf_counter() - start
-            results[name + " s"] = seconds
-    names = ["one forward per option", "batched (prompt once)"]
+            scores[name] = [score(model, p.inputs_embeds, p.attention_mask, o) for p, o in zip(prepared, option_ids)]
+            seconds[name] = time.perf_counter() - start
+    slow, fast = ways
     prompt_tokens = int(np.mean([p.prompt_tokens for p in prepared]))
     print(f"{args.questions} questions x {args.options} options, {args.frames} frames, ~{prompt_tokens} prompt tokens")
-    for name in names:
-        print(f"  {name:<24} {args.questions / results[name + ' s']:8.1f} questions/s")
-    print(f"  speed-up {results[names[0] + ' s'] / results[names[1] + ' s']:.2f}x")
-    diff = max(abs(a - b) for s, f in zip(results[names[0]], results[names[1]]) for a, b in zip(s, f))
-    agree = all(np.argmax(s) == np.argmax(f) for s, f in zip(results[names[0]], results[names[1]]))
+    for name in ways:
+        print(f"  {name:<24} {args.questions / seconds[name]:8.1f} questions/s")
+    print(f"  speed-up {seconds[slow] / seconds[fast]:.2f}x")
+    diff = max(abs(a - b) for s, f in zip(scores[slow], scores[fast]) for a, b in zip(s, f))
+    agree = all(np.argmax(s) == np.argmax(f) for s, f in zip(scores[slow], scores[fast]))
     print(f"  largest score difference {diff:.2e}; same choice on every question: {agree}")
 
 

@@ -594,7 +594,7 @@ def test_batched_option_scores_equal_one_forward_per_option(tiny):
     import numpy as np
     import torch
 
-    from storm_vlm.eval.runner import option_logprobs
+    from storm_vlm.eval.runner import option_logprobs, option_logprobs_reference
     from storm_vlm.inference import prepare_inputs
     from storm_vlm.video import VideoClip
 
@@ -609,13 +609,7 @@ def test_batched_option_scores_equal_one_forward_per_option(tiny):
     assert len({len(i) for i in ids}) > 1  # unequal lengths: the padding is exercised
     with torch.inference_mode():
         fast = option_logprobs(model, prepared.inputs_embeds, prepared.attention_mask, ids)
-        slow = []
-        for option in ids:
-            t = torch.tensor([option])
-            embeds = torch.cat([prepared.inputs_embeds, model.get_input_embeddings()(t)], dim=1)
-            mask = torch.cat([prepared.attention_mask, torch.ones_like(t)], dim=1)
-            logits = model(inputs_embeds=embeds, attention_mask=mask).logits[0, -t.shape[1] - 1 : -1]
-            slow.append(float(torch.log_softmax(logits.float(), -1).gather(-1, t[0][:, None]).sum()))
+        slow = option_logprobs_reference(model, prepared.inputs_embeds, prepared.attention_mask, ids)
     assert fast == pytest.approx(slow, abs=1e-4)
     assert max(range(4), key=fast.__getitem__) == max(range(4), key=slow.__getitem__)
     with pytest.raises(ValueError, match="at least one token"):

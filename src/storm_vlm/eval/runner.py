@@ -188,6 +188,24 @@ def option_logprobs(
     return scores
 
 
+def option_logprobs_reference(
+    model: StormForConditionalGeneration,
+    prompt_embeds: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    options: list[list[int]],
+) -> list[float]:
+    """The obvious way :func:`option_logprobs` must agree with: the prompt and one option through
+    the whole model, option by option (tests and ``benchmarks/eval_throughput.py``)."""
+    scores = []
+    for option in options:
+        ids = torch.tensor([option], device=prompt_embeds.device)
+        embeds = torch.cat([prompt_embeds, model.get_input_embeddings()(ids)], dim=1)
+        mask = torch.cat([prompt_mask, torch.ones_like(ids)], dim=1)
+        logits = model(inputs_embeds=embeds, attention_mask=mask).logits[0, -ids.shape[1] - 1 : -1]
+        scores.append(float(torch.log_softmax(logits.float(), -1).gather(-1, ids[0][:, None]).sum()))
+    return scores
+
+
 def _score(
     model: StormForConditionalGeneration,
     processor: StormProcessor,
