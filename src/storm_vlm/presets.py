@@ -23,7 +23,8 @@ from transformers import (
 from .configuration_storm import StormConfig
 from .model_dir import atomic_directory
 from .modeling.modeling_storm import StormForConditionalGeneration
-from .processing_storm import CHATML_TEMPLATE, StormProcessor, add_placeholder_tokens, stop_token_ids
+from .modeling.parts import set_generation_tokens
+from .processing_storm import CHATML_TEMPLATE, StormProcessor, add_placeholder_tokens
 
 if TYPE_CHECKING:
     from transformers.image_processing_utils import BaseImageProcessor
@@ -115,12 +116,6 @@ def build_tiny(**storm_options) -> tuple[StormForConditionalGeneration, StormPro
     model = StormForConditionalGeneration(config).eval()
     set_generation_tokens(model, tokenizer)
     return model, StormProcessor.from_config(tiny_image_processor(), tokenizer, config)
-
-
-def set_generation_tokens(model: StormForConditionalGeneration, tokenizer) -> None:
-    """Stop generation at the end-of-turn token and pad with the tokenizer's pad token."""
-    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
 def tiny_image_processor() -> SiglipImageProcessorPil:

@@ -161,6 +161,15 @@ def _check_loading_info(path: str | Path, info: Mapping[str, Any], part: str) ->
         raise PartsError(f"{path}: {part}: {problem}")
 
 
+def set_generation_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Stop at the end of the assistant turn and pad with the tokenizer's pad token, in the
+    generation config (saved as generation_config.json): no caller's generate() repeats them."""
+    from ..processing_storm import stop_token_ids
+
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
 def build_from_parts(
     cls: type[StormForConditionalGeneration],
     vision_path: str | Path,
@@ -174,7 +183,7 @@ def build_from_parts(
     ``tokenizer`` (the LLM's, loaded from ``llm_path`` when not given) gets the ``<video>`` /
     ``<image>`` placeholders, and the LLM's embeddings grow to hold them.
     """
-    from ..processing_storm import add_placeholder_tokens, stop_token_ids
+    from ..processing_storm import add_placeholder_tokens
 
     tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(llm_path)
     video_token_id, image_token_id = add_placeholder_tokens(tokenizer)
@@ -190,8 +199,5 @@ def build_from_parts(
         **storm_options,
     )
     model = cls(config, vision_tower=vision, language_model=llm)
-    # Generation stops at the end of the assistant turn and pads with the tokenizer's pad token,
-    # so every caller's generate() needs neither (saved with the model as generation_config.json).
-    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    set_generation_tokens(model, tokenizer)
     return model.to(dtype) if dtype is not None else model  # type: ignore[arg-type]  # @wraps(Module.to) keeps self
