@@ -24,8 +24,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from .chat import ChatService
 from .config import ServerConfig
 from .limits import BodyLimit
-from .media import MediaError
-from .schema import ApiError, ChatRequest, StreamAsk, StreamCreate, StreamFrames, is_utf8
+from .media import MediaError, is_utf8
+from .schema import ApiError, ChatRequest, StreamAsk, StreamCreate, StreamFrames
 from .streams import StreamService
 from .worker import ModelWorker
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..video import Progress, VideoClip, VideoError, sample_frames
 
-__all__ = ["MediaError", "load_clip", "resolve_media"]
+__all__ = ["MediaError", "is_utf8", "load_clip", "resolve_media"]
 
 _SUFFIX = {
     "video/mp4": ".mp4",
@@ -94,14 +94,21 @@ MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
 MAX_PATH_PARTS = 256
 
 
+def is_utf8(text: str) -> bool:
+    """False for lone surrogates: undecodable file names, or "\\ud800" sent in JSON."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_path_text(raw: str) -> None:
     """Refuse path text no file system could hold, before it reaches one (400, not a crash)."""
     if "\0" in raw:
         raise MediaError("media path contains a null character")
-    try:
-        raw.encode("utf-8")
-    except UnicodeEncodeError:
-        raise MediaError("media path is not valid Unicode (a lone surrogate)") from None
+    if not is_utf8(raw):
+        raise MediaError("media path is not valid Unicode (a lone surrogate)")
     if len(raw) > MAX_PATH_CHARS:
         raise MediaError(f"media path is {len(raw)} characters; the limit is {MAX_PATH_CHARS}")
     if raw.count("/") >= MAX_PATH_PARTS:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..limits import MAX_FPS, MAX_FRAMES, MAX_NEW_TOKENS, MAX_REDUCTION
 from ..processing_storm import IMAGE_TOKEN, VIDEO_TOKEN
+from .media import is_utf8
 
 __all__ = [
     "ApiError",
@@ -21,7 +22,6 @@ __all__ = [
     "StreamFrames",
     "UrlRef",
     "check_text",
-    "is_utf8",
     "parse_chat",
 ]
 
@@ -118,14 +118,6 @@ def parse_chat(req: ChatRequest, max_question_chars: int) -> tuple[str, str | No
         raise ApiError(400, f"the question is {len(question)} characters; the limit is {max_question_chars}")
     url, kind = media[0] if media else (None, "none")
     return question, url, kind
-
-
-def is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates: undecodable file names, or "\ud800" in JSON
-        return False
-    return True
 
 
 def check_text(text: str, where: str) -> None:
