@@ -23,6 +23,7 @@ the registered local classes when ``trust_remote_code`` is not given.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import inspect
 import json
@@ -51,16 +52,21 @@ ENTRY_MODULES = ("configuration_storm", "modeling.modeling_storm", "processing_s
 def write_remote_code(directory: str | Path) -> list[str]:
     """Write the flattened modules for :data:`AUTO_MAP` into ``directory``; returns their names."""
     directory = Path(directory)
+    files = flattened_modules()
+    for name, text in files.items():
+        (directory / name).write_text(text, encoding="utf-8")
+    return list(files)
+
+
+@functools.cache
+def flattened_modules() -> dict[str, str]:
+    """``{file name: source}`` of the flattened modules. They depend only on the installed code, so
+    they are made once per process (a model directory is saved by the model and the processor)."""
     modules = _closure([f"{PACKAGE}.{name}" for name in ENTRY_MODULES])
     flat = {name: name.rsplit(".", 1)[-1] for name in modules}
     if len(set(flat.values())) != len(flat):
         raise RuntimeError(f"two modules share a file name, cannot flatten: {sorted(flat)}")
-    written = []
-    for name in sorted(modules):
-        source = inspect.getsource(sys.modules[name])
-        (directory / f"{flat[name]}.py").write_text(_rewrite(source, name, flat), encoding="utf-8")
-        written.append(f"{flat[name]}.py")
-    return written
+    return {f"{flat[name]}.py": _rewrite(inspect.getsource(sys.modules[name]), name, flat) for name in sorted(modules)}
 
 
 def add_auto_map(json_path: Path, auto_map: dict[str, str]) -> None:
