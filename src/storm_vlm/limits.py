@@ -7,6 +7,7 @@ The modules that enforce a bound import it from here; each names it in its own d
 from __future__ import annotations
 
 __all__ = [
+    "MAX_EVAL_BATCH_SIZE",
     "MAX_FPS",
     "MAX_FRAMES",
     "MAX_NEW_TOKENS",
@@ -29,6 +30,9 @@ MAX_PIXELS = 1 << 27  # ~134 Mpx, e.g. 11585 x 11585
 MAX_TEMPORAL_LAYERS = 64  # L: deeper than any published temporal module by far (the paper uses 2-4)
 MAX_REDUCTION = MAX_FRAMES  # k, p, s: pooling or sampling beyond the longest clip changes nothing
 MAX_NEW_TOKENS = 1 << 20  # most tokens one answer may ask for (CLI, server); answers are also cut to the context
+
+# evaluation
+MAX_EVAL_BATCH_SIZE = 256  # requests one lmms-eval generate call may hold (each holds its clip's visual tokens)
 
 # generated data
 MAX_SYNTH_SAMPLES = 10_000_000  # clips of one set (a training sampler holds a permutation of them)
