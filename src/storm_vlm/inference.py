@@ -6,7 +6,11 @@
     print(answer.text, answer.visual_tokens, answer.timings)
 
 The pipeline runs its stages one by one so each can be timed: decode → preprocess → vision
-(tower + projector) → temporal (Mamba + reduction) → LLM prefill → decoding.
+(tower + projector) → temporal (Mamba + reduction) → LLM prefill → decoding. It is the one
+pipeline of every entry point: :func:`prepare_inputs` (the visual stages and the prompt's
+embeddings, which a scorer reads as ``inputs_embeds`` / ``attention_mask``), then
+:func:`generate_answer`, the only generate call outside :mod:`storm_vlm.modeling` (``ask``, the
+server, live streams and the bench all go through it).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from transformers.generation.streamers import BaseStreamer
 from .model_dir import ModelLoadError, check_model_dir, loading_problem
 from .modeling.fast_path import enable_fast_path
 from .modeling.modeling_storm import StormForConditionalGeneration
+from .modeling.parts import set_generation_tokens
 from .modeling.reduction import ReductionSettings, reduce_tokens
 from .processing_storm import StormProcessor
 from .video import Progress, VideoClip, sample_frames
@@ -37,6 +42,7 @@ __all__ = [
     "StageTimer",
     "ask",
     "context_length",
+    "generate_answer",
     "load_model",
     "prepare_inputs",
     "ready_for_inference",
@@ -97,6 +103,21 @@ class _FirstTokenClock(BaseStreamer):
         pass
 
 
+class _Tee(BaseStreamer):
+    """Forwards generate's tokens to several streamers: the first-token clock and a caller's."""
+
+    def __init__(self, *streamers: BaseStreamer) -> None:
+        self.streamers = streamers
+
+    def put(self, value: torch.Tensor) -> None:
+        for streamer in self.streamers:
+            streamer.put(value)
+
+    def end(self) -> None:
+        for streamer in self.streamers:
+            streamer.end()
+
+
 def load_model(
     model_dir: str | Path,
     device: str | torch.device | None = None,
@@ -124,10 +145,12 @@ def load_model(
         model, info = cast(tuple[StormForConditionalGeneration, dict[str, Any]], loaded)
         _check_loading_info(path, info)
         processor = StormProcessor.from_pretrained(path)
-        # directories written before the generation config carried them: the processor knows
-        model.generation_config.eos_token_id = processor.stop_token_ids
-        if model.generation_config.pad_token_id is None:
-            model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+        # directories written before the generation config carried the stop ids: the tokenizer
+        # knows them; a pad id the directory has is kept
+        pad = model.generation_config.pad_token_id
+        set_generation_tokens(model, processor.tokenizer)
+        if pad is not None:
+            model.generation_config.pad_token_id = pad
     except SafetensorError as err:  # a truncated, empty or random weight file
         raise ModelLoadError(f"{path / 'model.safetensors'}: not a readable weight file ({err})") from None
     except (OSError, ValueError, RuntimeError) as err:  # missing / mismatched weights, bad files
@@ -187,7 +210,7 @@ class PreparedInputs:
     attention_mask: torch.Tensor  # (1, S)
     visual_tokens: int
     prompt_tokens: int
-    timer: StageTimer
+    timer: StageTimer = field(default_factory=StageTimer)
     room: int | None = None  # new tokens that still fit the context (None: unknown)
 
     def new_token_limit(self, asked: int) -> int:
@@ -252,35 +275,56 @@ def prepare_inputs(
     return PreparedInputs(embeds, ids["attention_mask"].to(device), int(visual.shape[0]), prompt_tokens, timer, room)
 
 
-def generate_timed(
+def generate_answer(
     model: StormForConditionalGeneration,
     prepared: PreparedInputs,
     max_new_tokens: int,
-    min_new_tokens: int = 0,
-    **generate_kwargs,
+    *,
+    min_new_tokens: int | None = None,
+    do_sample: bool | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    streamer: BaseStreamer | None = None,
+    timed: bool = True,
+    **generate_kwargs: Any,
 ) -> torch.Tensor:
-    """Generate the answer's token ids ``(new,)``; adds ``prefill`` and ``decoding`` seconds to the timer.
+    """The answer's token ids ``(new,)``: the one generate step of every entry point.
 
-    Prefill ends when the first new token exists; ``min_new_tokens`` forces a length (benchmarks).
+    The stop and pad ids are the model's generation config's (``set_generation_tokens``), so a
+    caller cannot pass others. ``do_sample=None`` leaves sampling to the generation config;
+    ``temperature`` / ``top_p`` apply only when sampling. ``streamer`` (a caller's, e.g. the
+    server's SSE text) sees every token, beside the clock that, when ``timed``, adds ``prefill``
+    (until the first new token exists) and ``decoding`` seconds to ``prepared.timer``.
+    ``min_new_tokens`` forces a length (benchmarks); other keywords go to ``model.generate``.
     """
+    fixed = sorted({"eos_token_id", "pad_token_id"} & set(generate_kwargs))
+    if fixed:
+        raise TypeError(f"{', '.join(fixed)}: the stop and pad ids come from the model's generation config")
+    kwargs: dict[str, Any] = dict(generate_kwargs, max_new_tokens=max_new_tokens)
+    if min_new_tokens is not None:
+        kwargs["min_new_tokens"] = min_new_tokens
+    if do_sample is not None:
+        kwargs["do_sample"] = do_sample
+    if do_sample:
+        kwargs.update({k: v for k, v in (("temperature", temperature), ("top_p", top_p)) if v is not None})
     timer = prepared.timer
-    clock = _FirstTokenClock(timer)
+    clock = _FirstTokenClock(timer) if timed else None
+    streamers = [s for s in (clock, streamer) if s is not None]
     with torch.inference_mode():
         timer._sync()
         started = time.perf_counter()
         out = model.generate(
             inputs_embeds=prepared.inputs_embeds,
             attention_mask=prepared.attention_mask,
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
-            streamer=clock,
-            **generate_kwargs,
+            streamer=_Tee(*streamers) if streamers else None,
+            **kwargs,
         )
         timer._sync()
         finished = time.perf_counter()
-    first = clock.first_token_at if clock.first_token_at is not None else finished
-    timer.timings["prefill"] = timer.timings.get("prefill", 0.0) + first - started
-    timer.timings["decoding"] = timer.timings.get("decoding", 0.0) + finished - first
+    if clock is not None:
+        first = clock.first_token_at if clock.first_token_at is not None else finished
+        timer.timings["prefill"] = timer.timings.get("prefill", 0.0) + first - started
+        timer.timings["decoding"] = timer.timings.get("decoding", 0.0) + finished - first
     return out[0]
 
 
@@ -327,9 +371,8 @@ def ask(
         settings = model.settings_for_budget(token_budget, len(clip))
     prepared = prepare_inputs(model, processor, clip, question, settings)
     prepared.timer.timings["decode"] = decode_seconds
-    sampling: dict[str, Any] = dict(temperature=temperature, top_p=top_p) if do_sample else {}
     limit = prepared.new_token_limit(max_new_tokens)
-    new_tokens = generate_timed(model, prepared, limit, do_sample=do_sample, **sampling)
+    new_tokens = generate_answer(model, prepared, limit, do_sample=do_sample, temperature=temperature, top_p=top_p)
     return Answer(
         text=processor.decode(new_tokens).strip(),
         num_frames=len(clip),

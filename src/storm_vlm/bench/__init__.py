@@ -91,7 +91,7 @@ def _measure_cell(args: dict[str, Any]) -> dict[str, Any]:
     """
     import torch
 
-    from ..inference import generate_timed, prepare_inputs
+    from ..inference import generate_answer, prepare_inputs
     from ..video import sample_frames
 
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -104,7 +104,7 @@ def _measure_cell(args: dict[str, Any]) -> dict[str, Any]:
         clip = sample_frames(args["video"], num_frames=clip_frames)
         decode_s = time.perf_counter() - started
         prepared = prepare_inputs(model, processor, clip, "Describe what happens in the video.", settings)
-        generate_timed(model, prepared, new_tokens, min_new_tokens=new_tokens)
+        generate_answer(model, prepared, new_tokens, min_new_tokens=new_tokens)
         t = prepared.timer.timings
         latency = {"decode": decode_s, "vision": t["preprocess"] + t["vision"], "temporal": t["temporal"],
                    "prefill": t["prefill"], "decoding": t["decoding"]}  # fmt: skip
