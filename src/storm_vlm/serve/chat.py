@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from fastapi.responses import StreamingResponse
 from transformers import StoppingCriteriaList, TextIteratorStreamer
+from transformers.generation.streamers import BaseStreamer
 
-from ..inference import PreparedInputs, prepare_inputs
+from ..inference import PreparedInputs, generate_answer, prepare_inputs
 from ..modeling.reduction import ReductionSettings
 from ..video import VideoClip
 from .config import ServerConfig
@@ -56,16 +57,25 @@ class ChatService:
             raise ApiError(400, str(err)) from None
         return prepared, clip, settings
 
-    def gen_kwargs(self, req: ChatRequest, prepared: PreparedInputs, deadline: Deadline) -> dict[str, Any]:
+    def max_new_tokens(self, req: ChatRequest, prepared: PreparedInputs) -> int:
+        """The request's ``max_tokens``, capped by the server and by what fits the context."""
         cap = self.cfg.max_new_tokens
-        kw: dict[str, Any] = {
-            "max_new_tokens": prepared.new_token_limit(min(req.max_tokens or cap, cap)),
-            "do_sample": req.temperature > 0,
-            "stopping_criteria": StoppingCriteriaList([DeadlineStop(deadline)]),
-        }
-        if req.temperature > 0:
-            kw.update(temperature=req.temperature, top_p=req.top_p)
-        return kw
+        return prepared.new_token_limit(min(req.max_tokens or cap, cap))
+
+    def generate(
+        self, req: ChatRequest, prepared: PreparedInputs, deadline: Deadline, streamer: BaseStreamer | None = None
+    ) -> torch.Tensor:
+        """The shared generate step (untimed: the response reports the visual stages), with the
+        request's sampling, stopped at the deadline; seeded just before it, so that a seeded answer
+        is the same streamed or not."""
+        if req.seed is not None:
+            torch.manual_seed(req.seed)
+        sampling = req.temperature > 0
+        return generate_answer(
+            self.model, prepared, self.max_new_tokens(req, prepared), do_sample=sampling,
+            temperature=req.temperature, top_p=req.top_p, streamer=streamer, timed=False,
+            stopping_criteria=StoppingCriteriaList([DeadlineStop(deadline)]),
+        )  # fmt: skip
 
     @staticmethod
     def usage(prepared: PreparedInputs, completion_tokens: int) -> dict[str, int]:
@@ -85,24 +95,18 @@ class ChatService:
 
     # -- a whole answer -----------------------------------------------------------------------------
     def complete(self, deadline: Deadline, req: ChatRequest) -> dict[str, Any]:
-        if req.seed is not None:
-            torch.manual_seed(req.seed)
         prepared, clip, settings = self.prepare(deadline, req)
-        kwargs = self.gen_kwargs(req, prepared, deadline)
-        with torch.inference_mode():
-            out = self.model.generate(
-                inputs_embeds=prepared.inputs_embeds, attention_mask=prepared.attention_mask, **kwargs
-            )
+        out = self.generate(req, prepared, deadline)
         deadline.check()  # generation stopped early because time ran out: a 504, not a short answer
-        text = self.processor.decode(out[0]).strip()
-        finish = "length" if out.shape[1] >= kwargs["max_new_tokens"] else "stop"
+        text = self.processor.decode(out).strip()
+        finish = "length" if out.shape[0] >= self.max_new_tokens(req, prepared) else "stop"
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self.model_id,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
-            "usage": self.usage(prepared, int(out.shape[1])),
+            "usage": self.usage(prepared, int(out.shape[0])),
             "storm": self.storm_info(clip, settings, prepared.timer.timings, req.preview),
         }
 
@@ -123,7 +127,7 @@ class ChatService:
         counted = {"tokens": 0}  # and "started" (0/1), set by the first put (the prompt)
         llm_time: dict[str, float] = {}  # "llm_s", set by the generation thread
 
-        class Counter:
+        class Counter(BaseStreamer):
             def put(self, value: torch.Tensor) -> None:
                 counted["tokens"] += int(value.numel()) if counted.get("started") else 0
                 counted["started"] = True
@@ -134,17 +138,9 @@ class ChatService:
 
         def generate() -> None:
             try:
-                with torch.inference_mode():
-                    if req.seed is not None:
-                        torch.manual_seed(req.seed)
-                    started = time.perf_counter()
-                    self.model.generate(
-                        inputs_embeds=prepared.inputs_embeds,
-                        attention_mask=prepared.attention_mask,
-                        streamer=Counter(),
-                        **self.gen_kwargs(req, prepared, deadline),
-                    )
-                    llm_time["llm_s"] = time.perf_counter() - started
+                started = time.perf_counter()
+                self.generate(req, prepared, deadline, streamer=Counter())
+                llm_time["llm_s"] = time.perf_counter() - started
             except BaseException:
                 streamer.end()  # the client's stream ends instead of waiting for the deadline
                 raise
