@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .inference import PreparedInputs, generate_answer
 from .modeling.mamba import BranchState
 from .modeling.reduction import ReductionSettings, spatial_pool
 
@@ -103,8 +104,9 @@ class StormStream:
         return torch.stack(frames)[None]
 
     @torch.inference_mode()
-    def ask(self, processor: StormProcessor, question: str, max_new_tokens: int = 64, **generate_kwargs) -> str:
-        """Answer a question about everything seen so far (within the window)."""
+    def prepare(self, processor: StormProcessor, question: str) -> PreparedInputs:
+        """The question with everything seen so far (within the window), embedded for the LLM:
+        what the shared generate step, or a scorer, takes."""
         tokens = self.visual_tokens()
         if tokens.shape[1] == 0:
             raise ValueError("the stream has no frames yet: call add_frames first")
@@ -112,11 +114,12 @@ class StormStream:
         prompt = processor.expand_placeholders(processor.build_prompt(question), [visual.shape[0]], [])
         ids = processor.tokenizer(prompt, return_tensors="pt").to(self.model.device)
         embeds, _ = self.model.embed_inputs(ids["input_ids"], video_embeds=visual)
+        return PreparedInputs(embeds, ids["attention_mask"], int(visual.shape[0]), int(ids["input_ids"].shape[1]))
+
+    def ask(self, processor: StormProcessor, question: str, max_new_tokens: int = 64, **generate_kwargs) -> str:
+        """Answer a question about everything seen so far (within the window); greedy unless
+        ``do_sample=True`` (keywords go to :func:`~storm_vlm.inference.generate_answer`)."""
         generate_kwargs.setdefault("do_sample", False)
-        out = self.model.generate(
-            inputs_embeds=embeds,
-            attention_mask=ids["attention_mask"],
-            max_new_tokens=max_new_tokens,
-            **generate_kwargs,
-        )
-        return processor.decode(out[0]).strip()
+        prepared = self.prepare(processor, question)
+        out = generate_answer(self.model, prepared, max_new_tokens, timed=False, **generate_kwargs)
+        return processor.decode(out).strip()
