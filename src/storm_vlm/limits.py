@@ -14,6 +14,8 @@ __all__ = [
     "MAX_PIXELS",
     "MAX_REDUCTION",
     "MAX_SIDE",
+    "MAX_SUBTITLE_BYTES",
+    "MAX_SUBTITLE_CHARS",
     "MAX_SYNTH_SAMPLES",
     "MAX_SYNTH_SIZE",
     "MAX_TEMPORAL_LAYERS",
@@ -37,3 +39,7 @@ MAX_EVAL_BATCH_SIZE = 256  # requests one lmms-eval generate call may hold (each
 # generated data
 MAX_SYNTH_SAMPLES = 10_000_000  # clips of one set (a training sampler holds a permutation of them)
 MIN_SYNTH_SIZE, MAX_SYNTH_SIZE = 8, 1024  # frame side in pixels (below 8 the square is 2 px)
+
+# benchmark data
+MAX_SUBTITLE_BYTES = 1 << 23  # a subtitle file (.srt / .json) larger than 8 MiB is refused before it is read
+MAX_SUBTITLE_CHARS = 1 << 16  # subtitle text one question may show (the lines chosen for its frames); more is refused
