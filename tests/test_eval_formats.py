@@ -212,9 +212,10 @@ def test_mlvu_bad_rows_are_reported(tmp_path):
         {"video_name": "a.mp4", "question": "Q\n(A) x\n(B) y", "answer": "C", "task_type": "count"},
         {"video_name": "a.mp4", "question": "Q\n(A) x\n(B) y\nstray text", "answer": "A", "task_type": "count"},
     ]
-    (root / "rows.json").write_text(json.dumps(rows))
+    with_candidates = {**rows[3], "candidates": ["x", "y"], "question_id": "Q9"}  # the row's text is asked as it is
+    (root / "rows.json").write_text(json.dumps([*rows, with_candidates]))
     _, items, problems = load_benchmark("mlvu", root)
-    assert [it.id for it in items] == ["Q0"]
+    assert [it.id for it in items] == ["Q0", "Q9"] and prompt_mlvu(items[1]).startswith("Q\n(A) x\n(B) y\nstray text\n")
     assert problems[0].startswith("rows.json[1]: 'question' has no '(A) ...' option lines")
     assert problems[1] == "rows.json[2]: answer 'C' does not match the 2 options"
     assert problems[2].startswith("rows.json[3]: 'question' has text after its options")

@@ -526,9 +526,14 @@ def _load_mlvu_rows(root: Path) -> Loaded:
 
             def build(entry=entry, n=n) -> MCItem:
                 raw = _text(entry, "question")
-                stem, inline = _split_inline(raw)
-                has_candidates = isinstance(entry, dict) and entry.get("candidates") is not None
-                options = _options(entry, "candidates") if has_candidates else inline
+                if isinstance(entry, dict) and entry.get("candidates") is not None:
+                    options = _options(entry, "candidates")
+                    try:  # the stem only names the question in results; the row's text is what is asked
+                        stem = _split_inline(raw)[0]
+                    except FieldError:
+                        stem = raw
+                else:
+                    stem, options = _split_inline(raw)
                 if not options:
                     raise FieldError("'question' has no '(A) ...' option lines and there is no 'candidates' list")
                 task = _text(entry, "task_type")
