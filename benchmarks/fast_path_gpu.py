@@ -106,9 +106,10 @@ def decode() -> None:
 def temporal() -> None:
     from storm_vlm.modeling import mamba
     from storm_vlm.modeling.temporal import TemporalEncoder
+    from storm_vlm.presets import temporal_config
 
     torch.manual_seed(0)
-    encoder = TemporalEncoder(3584, 2).cuda().to(torch.bfloat16).eval()
+    encoder = TemporalEncoder(temporal_config(3584, temporal_layers=2)).cuda().to(torch.bfloat16).eval()
     tokens = torch.randn(1, 128, 256, 3584, device="cuda", dtype=torch.bfloat16)
     for backend in ("triton", "mamba_ssm"):
         os.environ["STORM_SCAN_BACKEND"] = backend

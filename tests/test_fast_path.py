@@ -45,7 +45,7 @@ def test_siglip_tower_stops_at_the_feature_layer(tiny):
     pixels = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         full = model.vision_tower(pixels, output_hidden_states=True).hidden_states[model.config.vision_feature_layer]
-        short = model.vision_features(pixels)
+        short = model.model.vision_features(pixels)
     assert model.config.vision_layers_run == model.config.vision_config.num_hidden_layers - 1
     torch.testing.assert_close(short, full, rtol=0, atol=0)
 
@@ -66,12 +66,12 @@ def test_fast_path_generates_the_plain_path_tokens(tiny):
     clip = _clip()
     kwargs = dict(num_frames=None, max_new_tokens=12, temporal_pool=2)
     plain = ask(model, processor, clip, "What moves?", **kwargs)
-    plain_feats = model.encode_frames(torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    plain_feats = model.model.encode_frames(torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
     fast = enable_fast_path(model, compile_vision=True)
     try:
         first = ask(model, processor, clip, "What moves?", **kwargs)  # compiles
         again = ask(model, processor, clip, "What moves, and where?", **kwargs)  # same cache bucket: no recompile
-        fast_feats = model.encode_frames(torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+        fast_feats = model.model.encode_frames(torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
     finally:
         model.fast_path = None
     assert fast.compile_vision and fast.compile_decode

@@ -208,7 +208,9 @@ def llm(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
 
 
 def assert_llm_kept(storm: StormForConditionalGeneration, llm_state: dict[str, torch.Tensor]) -> None:
-    state = storm.language_model.state_dict()
+    # the LLM's body is model.language_model and its head lm_head: together, the causal LM's weights
+    state = {f"model.{k}": v for k, v in storm.language_model.state_dict().items()}
+    state |= {f"lm_head.{k}": v for k, v in storm.lm_head.state_dict().items()}
     assert set(state) == set(llm_state)
     for name, value in llm_state.items():
         got = state[name][: value.shape[0]] if name in ("model.embed_tokens.weight", "lm_head.weight") else state[name]

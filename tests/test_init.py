@@ -60,7 +60,7 @@ def test_init_from_parts_keeps_pretrained_weights_and_runs(parts, tmp_path):
     assert embeddings.shape[0] > old_rows  # grew to hold <video> / <image>
     torch.testing.assert_close(embeddings[:old_rows], llm_state["model.embed_tokens.weight"])
     torch.testing.assert_close(
-        model.language_model.model.layers[0].mlp.up_proj.weight, llm_state["model.layers.0.mlp.up_proj.weight"]
+        model.language_model.layers[0].mlp.up_proj.weight, llm_state["model.layers.0.mlp.up_proj.weight"]
     )
     assert model.config.video_token_id == processor.video_token_id < embeddings.shape[0]
 

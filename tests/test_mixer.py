@@ -8,6 +8,7 @@ from transformers.models.mamba.modeling_mamba import MambaMixer as HFMambaMixer
 
 from storm_vlm.modeling.mamba import MambaMixer
 from storm_vlm.modeling.temporal import TemporalEncoder
+from storm_vlm.presets import temporal_config
 
 
 def _copy_from_hf(ours: MambaMixer, hf: HFMambaMixer) -> None:
@@ -21,7 +22,7 @@ def _copy_from_hf(ours: MambaMixer, hf: HFMambaMixer) -> None:
 def test_unidirectional_mixer_equals_transformers_mamba_mixer():
     config = MambaConfig(hidden_size=32, state_size=8, expand=2, conv_kernel=4, time_step_rank=4, num_hidden_layers=1)
     hf = HFMambaMixer(config, layer_idx=0).eval()
-    ours = MambaMixer(32, d_state=8, d_conv=4, expand=2, dt_rank=4, bidirectional=False).eval()
+    ours = MambaMixer(temporal_config(32, d_state=8, d_conv=4, expand=2, dt_rank=4, bidirectional=False)).eval()
     _copy_from_hf(ours, hf)
     x = torch.randn(2, 19, 32)
     with torch.no_grad():
@@ -29,8 +30,8 @@ def test_unidirectional_mixer_equals_transformers_mamba_mixer():
 
 
 def test_bidirectional_is_the_mirror_of_itself_with_branches_swapped():
-    mixer = MambaMixer(16, d_state=4, bidirectional=True).eval()
-    swapped = MambaMixer(16, d_state=4, bidirectional=True).eval()
+    mixer = MambaMixer(temporal_config(16, d_state=4, bidirectional=True)).eval()
+    swapped = MambaMixer(temporal_config(16, d_state=4, bidirectional=True)).eval()
     state = mixer.state_dict()
     swapped.load_state_dict(
         {
@@ -58,14 +59,16 @@ def test_last_frame_reaches_first_frame_only_when_bidirectional():
         1, tokens, width
     )  # change only the last frame (not by a constant: LayerNorm hides that)
     for bidirectional, should_change in ((True, True), (False, False)):
-        encoder = TemporalEncoder(width, num_layers=2, d_state=4, bidirectional=bidirectional).eval()
+        encoder = TemporalEncoder(
+            temporal_config(width, temporal_layers=2, d_state=4, bidirectional=bidirectional)
+        ).eval()
         before, after = _first_frame_output(encoder, video), _first_frame_output(encoder, changed)
         moved = (before - after).abs().max().item()
         assert (moved > 1e-6) == should_change, (bidirectional, moved)
 
 
 def test_temporal_encoder_is_residual_prenorm_with_final_norm():
-    encoder = TemporalEncoder(8, num_layers=1, d_state=4).eval()
+    encoder = TemporalEncoder(temporal_config(8, temporal_layers=1, d_state=4)).eval()
     x = torch.randn(2, 3, 4, 8)
     with torch.no_grad():
         block = encoder.layers[0]

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 
-from storm_vlm import StormConfig, StormForConditionalGeneration, StormProcessor
+from storm_vlm import StormConfig, StormForConditionalGeneration, StormModel, StormProcessor
 from storm_vlm.modeling.reduction import ReductionSettings
 
 from .conftest import random_frames
@@ -130,9 +130,14 @@ def test_save_load_roundtrip_gives_identical_logits(tiny, tmp_path):
     loaded = StormForConditionalGeneration.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, loaded(**inputs).logits)
-    # Auto classes find STORM
+    # Auto classes find STORM, as transformers' VLMs: AutoModel the body, the image-text-to-text class the whole
     assert isinstance(AutoConfig.from_pretrained(tmp_path), StormConfig)
-    assert isinstance(AutoModel.from_pretrained(tmp_path), StormForConditionalGeneration)
+    body = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(body, StormModel)
+    assert isinstance(AutoModelForImageTextToText.from_pretrained(tmp_path), StormForConditionalGeneration)
+    with torch.no_grad():  # the body's last hidden states, through the head, are the model's logits
+        hidden = body(**inputs).last_hidden_state
+        assert torch.equal(loaded.lm_head(hidden), loaded(**inputs).logits)
 
 
 def test_mlp_baseline_has_no_mamba_and_runs(tiny_mlp):

@@ -35,7 +35,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from storm_vlm import StormConfig, StormForConditionalGeneration, StormProcessor
+from storm_vlm import StormConfig, StormForConditionalGeneration, StormModel, StormProcessor
 from storm_vlm.inference import prepare_inputs
 from storm_vlm.modeling.reduction import ReductionSettings
 from storm_vlm.presets import (
@@ -207,10 +207,12 @@ class TestSaveLoad:
         inputs = tester.prepare_inputs(processor)
         with torch.no_grad():
             reference = model(**inputs).logits
-            for auto in (AutoModel, AutoModelForImageTextToText):
-                loaded = auto.from_pretrained(saved).eval()
-                assert type(loaded) is StormForConditionalGeneration, auto.__name__
-                assert torch.equal(loaded(**inputs).logits, reference), auto.__name__
+            full = AutoModelForImageTextToText.from_pretrained(saved).eval()
+            assert type(full) is StormForConditionalGeneration
+            assert torch.equal(full(**inputs).logits, reference)
+            body = AutoModel.from_pretrained(saved).eval()  # as for transformers' VLMs: the model without its head
+            assert type(body) is StormModel
+            assert torch.equal(full.lm_head(body(**inputs).last_hidden_state), reference)
         auto_processor = AutoProcessor.from_pretrained(saved)
         assert type(auto_processor) is StormProcessor
         assert auto_processor.token_grid == processor.token_grid
@@ -248,7 +250,7 @@ class TestGenerate:
             assert visual.shape[1:3] == (2, 4)  # ⌈⌈6/2⌉/2⌉ frames of ⌈4/2⌉² tokens
             embeds, _ = model.embed_inputs(inputs["input_ids"], video_embeds=visual.flatten(0, 2))
             mask = inputs["attention_mask"]
-            reference = model.language_model(inputs_embeds=embeds, attention_mask=mask).logits
+            reference = model(inputs_embeds=embeds, attention_mask=mask).logits
             torch.testing.assert_close(model(**inputs).logits, reference, rtol=0, atol=1e-6)
             out = generate_new(model, inputs, tester.new_tokens)
             by_embeds = generate_new(model, {"inputs_embeds": embeds, "attention_mask": mask}, tester.new_tokens)
@@ -370,9 +372,9 @@ def test_chat_template_path_equals_the_older_path(tester, built, video_file, set
     with torch.no_grad():
         visual = model.get_visual_tokens(pixels[None], settings).flatten(0, 2)
         embeds, _ = model.embed_inputs(ids["input_ids"], video_embeds=visual)
-        old = model.language_model(inputs_embeds=embeds, attention_mask=ids["attention_mask"]).logits
+        old = model(inputs_embeds=embeds, attention_mask=ids["attention_mask"]).logits
         prepared = prepare_inputs(model, processor, clip, QUESTION, settings)
-        served = model.language_model(inputs_embeds=prepared.inputs_embeds, attention_mask=prepared.attention_mask)
+        served = model(inputs_embeds=prepared.inputs_embeds, attention_mask=prepared.attention_mask)
         logits = model(**new).logits
         torch.testing.assert_close(logits, old, rtol=0, atol=1e-6)
         torch.testing.assert_close(logits, served.logits, rtol=0, atol=1e-6)

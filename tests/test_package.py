@@ -41,7 +41,7 @@ def test_a_storm_class_registers_every_auto_class():
     from storm_vlm import StormConfig
 
     assert type(AutoConfig.for_model("storm")) is StormConfig
-    assert AutoModel._model_mapping[StormConfig].__name__ == "StormForConditionalGeneration"
+    assert AutoModel._model_mapping[StormConfig].__name__ == "StormModel"
     assert AutoModelForImageTextToText._model_mapping[StormConfig].__name__ == "StormForConditionalGeneration"
     assert PROCESSOR_MAPPING[StormConfig].__name__ == "StormProcessor"
     assert sorted(storm_vlm.__all__) == sorted(storm_vlm._LAZY) and set(storm_vlm.__all__) <= set(dir(storm_vlm))

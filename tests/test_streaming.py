@@ -8,7 +8,7 @@ import torch
 from storm_vlm.modeling.mamba import MambaMixer
 from storm_vlm.modeling.reduction import ReductionSettings
 from storm_vlm.modeling.temporal import TemporalEncoder
-from storm_vlm.presets import build_tiny
+from storm_vlm.presets import build_tiny, temporal_config
 
 from .conftest import random_frames
 
@@ -20,7 +20,7 @@ def causal():
 
 
 def test_causal_mixer_in_chunks_equals_one_pass():
-    mixer = MambaMixer(16, d_state=4, d_conv=4, bidirectional=False).eval()
+    mixer = MambaMixer(temporal_config(16, d_state=4, d_conv=4, bidirectional=False)).eval()
     x = torch.randn(2, 23, 16)
     with torch.no_grad():
         whole = mixer(x)
@@ -33,11 +33,11 @@ def test_causal_mixer_in_chunks_equals_one_pass():
 
 def test_bidirectional_mixer_refuses_to_stream():
     with pytest.raises(ValueError, match="cannot stream"):
-        MambaMixer(16, d_state=4, bidirectional=True)(torch.randn(1, 5, 16), return_state=True)
+        MambaMixer(temporal_config(16, d_state=4, bidirectional=True))(torch.randn(1, 5, 16), return_state=True)
 
 
 def test_temporal_encoder_frames_in_chunks_equal_one_pass():
-    encoder = TemporalEncoder(16, num_layers=2, d_state=4, bidirectional=False).eval()
+    encoder = TemporalEncoder(temporal_config(16, temporal_layers=2, d_state=4, bidirectional=False)).eval()
     video = torch.randn(1, 9, 6, 16)  # (B, T, N, D)
     with torch.no_grad():
         whole = encoder(video)

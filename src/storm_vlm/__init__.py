@@ -20,6 +20,7 @@ _LAZY = {
     "ReductionSettings": ".modeling.reduction",
     "StormConfig": ".configuration_storm",
     "StormForConditionalGeneration": ".modeling.modeling_storm",
+    "StormModel": ".modeling.modeling_storm",
     "StormProcessor": ".processing_storm",
     "StormVideoProcessor": ".video_processing_storm",
     "VideoClip": ".video",
@@ -34,6 +35,7 @@ __all__ = [
     "ReductionSettings",
     "StormConfig",
     "StormForConditionalGeneration",
+    "StormModel",
     "StormProcessor",
     "StormVideoProcessor",
     "VideoClip",
@@ -47,7 +49,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .configuration_storm import StormConfig
     from .inference import ask, load_model
-    from .modeling.modeling_storm import StormForConditionalGeneration
+    from .modeling.modeling_storm import StormForConditionalGeneration, StormModel
     from .modeling.reduction import ReductionSettings, num_visual_tokens
     from .processing_storm import StormProcessor
     from .video import VideoClip, VideoError, sample_frames

@@ -149,12 +149,20 @@ class StormConfig(PretrainedConfig):
         super().__post_init__(**kwargs)
         if self.dt_rank is None:
             self.dt_rank = math.ceil(self.hidden_size / 16)
+        # the LM head is StormForConditionalGeneration's: it is tied as the LLM's own config says
+        if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
+            self.tie_word_embeddings = True
         self.validate_storm()
 
     @property
     def hidden_size(self) -> int:
         """D, the LLM width: the projector maps to it and the Mamba blocks run at it."""
         return self.text_config.hidden_size
+
+    @property
+    def uses_temporal(self) -> bool:
+        """Whether the model has a temporal Mamba module (``"storm"`` with L ≥ 1)."""
+        return self.projector_type == "storm" and self.temporal_layers > 0
 
     @property
     def patch_grid(self) -> tuple[int, int]:

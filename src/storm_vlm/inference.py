@@ -29,7 +29,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from .model_dir import ModelLoadError, check_model_dir, loading_problem
 from .modeling.fast_path import enable_fast_path
-from .modeling.modeling_storm import StormForConditionalGeneration
+from .modeling.modeling_storm import StormForConditionalGeneration, checkpoint_key
 from .modeling.parts import set_generation_tokens
 from .modeling.reduction import ReductionSettings, reduce_tokens
 from .processing_storm import StormProcessor
@@ -162,7 +162,7 @@ def load_model(
 
 def _check_loading_info(path: Path, info: dict) -> None:
     """A weight file that does not match its config is an error naming the first tensor at fault."""
-    problem = loading_problem(info)
+    problem = loading_problem(info, file_key=checkpoint_key)
     if problem is not None:
         raise ModelLoadError(f"{path / 'model.safetensors'}: {problem}; the file does not fit config.json")
 

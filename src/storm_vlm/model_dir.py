@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 __all__ = [
@@ -29,20 +29,24 @@ class ModelLoadError(Exception):
     """The directory is not a loadable STORM model."""
 
 
-def loading_problem(info: dict, missing_first: bool = False) -> str | None:
+def loading_problem(info: dict, missing_first: bool = False, file_key: Callable[[str], str] = str) -> str | None:
     """What is wrong in ``from_pretrained(..., output_loading_info=True)``'s report, naming the first
-    tensor at fault, or None. transformers only warns (and leaves such weights random)."""
+    tensor at fault, or None. transformers only warns (and leaves such weights random).
+
+    ``file_key`` turns a parameter name into the tensor's name in the weight file (they differ
+    where transformers renames keys on load), so the message names what the file holds.
+    """
     mismatched = sorted(info.get("mismatched_keys") or [])
     missing = sorted(info.get("missing_keys") or [])
     problems = []
     if mismatched:
         key, saved, needed = mismatched[0]
         problems.append(
-            f"tensor {key} has shape {list(saved)} but the config needs {list(needed)} "
+            f"tensor {file_key(key)} has shape {list(saved)} but the config needs {list(needed)} "
             f"({len(mismatched)} tensor(s) differ)"
         )
     if missing:
-        problems.append(f"no weights for {missing[0]} ({len(missing)} tensor(s) missing)")
+        problems.append(f"no weights for {file_key(missing[0])} ({len(missing)} tensor(s) missing)")
     if missing_first:
         problems.reverse()
     return problems[0] if problems else None
@@ -126,11 +130,15 @@ def share_like_umask(root: str | Path) -> None:
     any other file its owner writes.
     """
     mask = _umask()
-    dir_mode, file_mode = 0o777 & ~mask, 0o666 & ~mask
     root = Path(root)
     for folder, _, files in os.walk(root):
-        os.chmod(folder, dir_mode)
-        for name in files:
-            path = Path(folder) / name
-            if not path.is_symlink():
-                os.chmod(path, file_mode)
+        os.chmod(folder, 0o777 & ~mask)
+        share_files_like_umask(Path(folder) / name for name in files)
+
+
+def share_files_like_umask(paths: Iterable[Path]) -> None:
+    """The files' modes as a plain ``open`` would give them (symlinks left alone)."""
+    mode = 0o666 & ~_umask()
+    for path in paths:
+        if not path.is_symlink():
+            os.chmod(path, mode)

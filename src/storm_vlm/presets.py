@@ -9,7 +9,7 @@ shipped in this file, so tests and the demo run offline.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
@@ -29,7 +29,15 @@ from .processing_storm import CHATML_TEMPLATE, StormProcessor, add_placeholder_t
 if TYPE_CHECKING:
     from transformers.image_processing_utils import BaseImageProcessor
 
-__all__ = ["PRESETS", "build_preset", "placeholder_ids", "preset_config", "small_model_config", "tiny_tokenizer"]
+__all__ = [
+    "PRESETS",
+    "build_preset",
+    "placeholder_ids",
+    "preset_config",
+    "small_model_config",
+    "temporal_config",
+    "tiny_tokenizer",
+]
 
 _CORPUS = """\
 What happens in the video? Which object appeared first, and which appeared last?
@@ -116,6 +124,16 @@ def build_tiny(**storm_options) -> tuple[StormForConditionalGeneration, StormPro
     model = StormForConditionalGeneration(config).eval()
     set_generation_tokens(model, tokenizer)
     return model, StormProcessor.from_config(tiny_image_processor(), tokenizer, config)
+
+
+def temporal_config(d_model: int, **storm_fields: Any) -> StormConfig:
+    """A config that sizes a bare temporal module or mixer of width ``d_model`` (D): the Mamba
+    fields come from ``storm_fields`` and the defaults; the towers are tiny and never built."""
+    text = dict(
+        model_type="qwen2", hidden_size=d_model, intermediate_size=d_model, num_hidden_layers=1,
+        num_attention_heads=1, num_key_value_heads=1, vocab_size=64,
+    )  # fmt: skip
+    return StormConfig(vision_config=tiny_vision_config(), text_config=text, **storm_fields)
 
 
 def tiny_image_processor() -> SiglipImageProcessorPil:

@@ -41,7 +41,7 @@ REQUIRED = {"torch", "transformers", "numpy", "safetensors", "PIL", "tokenizers"
 
 AUTO_MAP = {
     "AutoConfig": "configuration_storm.StormConfig",
-    "AutoModel": "modeling_storm.StormForConditionalGeneration",
+    "AutoModel": "modeling_storm.StormModel",
     "AutoModelForImageTextToText": "modeling_storm.StormForConditionalGeneration",
     "AutoProcessor": "processing_storm.StormProcessor",
 }

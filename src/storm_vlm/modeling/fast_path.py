@@ -79,10 +79,9 @@ class FastPath:
     ) -> torch.Tensor:
         """Greedy tokens ``(1, n)`` after the prompt ``inputs_embeds`` ``(1, S, D)``, as ``generate``
         returns them (ending with the stop token when one came before ``max_new_tokens``)."""
-        llm = model.language_model
         device = inputs_embeds.device
         stops = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
-        vocab = llm.get_output_embeddings().weight.shape[0]
+        vocab = model.lm_head.weight.shape[0]
         allow_all = torch.zeros(1, vocab, dtype=torch.bool, device=device)
         no_stop = allow_all.clone()
         no_stop[:, [t for t in stops if t < vocab]] = True  # min_new_tokens: stop tokens masked
@@ -92,7 +91,7 @@ class FastPath:
             self._step = torch.compile(_greedy_step, mode=mode, fullgraph=True, dynamic=False) if mode else _greedy_step
         if streamer is not None:
             streamer.put(torch.empty(1, 0, dtype=torch.long))  # the prompt, as generate reports it
-        logits = llm(inputs_embeds=inputs_embeds, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        logits = _last_logits(model, inputs_embeds=inputs_embeds, cache=cache)
         token = logits.masked_fill(no_stop if min_new_tokens > 0 else allow_all, float("-inf")).argmax(-1, keepdim=True)
         out = torch.empty(1, max_new_tokens, dtype=torch.long, device=device)
         out[:, :1] = token
@@ -118,7 +117,7 @@ class FastPath:
                 if on_cuda:
                     torch.compiler.cudagraph_mark_step_begin()
                 mask = no_stop if i < min_new_tokens else allow_all
-                out[:, i : i + 1] = self._step(llm, out[:, i - 1 : i], cache, mask)
+                out[:, i : i + 1] = self._step(model, out[:, i - 1 : i], cache, mask)
                 queue_copy(i)
             previous = fetch(i - 1)
             if streamer is not None:
@@ -175,9 +174,17 @@ _GREEDY_KWARGS = frozenset(
 )  # fmt: skip
 
 
-def _greedy_step(llm: torch.nn.Module, token: torch.Tensor, cache: Any, masked: torch.Tensor) -> torch.Tensor:
+def _last_logits(model: StormForConditionalGeneration, cache: Any, **inputs: torch.Tensor) -> torch.Tensor:
+    """The LLM body and head on a text-only input (no placeholders): the last position's logits ``(1, V)``."""
+    hidden = model.model.language_model(cache=cache, use_cache=True, **inputs).last_hidden_state
+    return model.lm_head(hidden[:, -1])
+
+
+def _greedy_step(
+    model: StormForConditionalGeneration, token: torch.Tensor, cache: Any, masked: torch.Tensor
+) -> torch.Tensor:
     """One decoding step: ``(1, 1)`` token → next greedy token ``(1, 1)`` (``masked`` vocab excluded)."""
-    logits = llm(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # (1, V)
+    logits = _last_logits(model, input_ids=token, cache=cache)  # (1, V)
     return logits.masked_fill(masked, float("-inf")).argmax(-1, keepdim=True)
 
 
@@ -195,7 +202,7 @@ def enable_fast_path(
     if cache_bucket < 1:
         raise ValueError(f"cache_bucket must be >= 1, got {cache_bucket}")
     mode = "reduce-overhead" if model.device.type == "cuda" else "default"
-    vision = model.vision_features
+    vision = model.model.vision_features
     if compile_vision:
         vision = torch.compile(vision, dynamic=False)
     fast = FastPath(compile_vision, compile_decode, cache_bucket, decode_mode=mode, vision_features=vision)

@@ -26,7 +26,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,9 @@ from torch import nn
 from transformers import initialization as init
 
 from . import scan_cpu, scan_triton
+
+if TYPE_CHECKING:
+    from ..configuration_storm import StormConfig
 
 logger = logging.getLogger(__name__)
 
@@ -379,6 +382,8 @@ class SSMBranch(nn.Module):
 class MambaMixer(nn.Module):
     """Mamba-1 mixer; with ``bidirectional=True`` the Vision-Mamba "v2" bidirectional variant.
 
+    Sizes come from the :class:`~storm_vlm.StormConfig` (one place for every knob).
+
     The paper states only "a bidirectional scanning module" (§3.2). Our choice (docs/design.md):
     in_proj and out_proj are shared; each direction has its own conv1d, x_proj, dt_proj, A_log
     and D; the backward branch scans the flipped sequence; the two gated outputs are averaged
@@ -389,23 +394,17 @@ class MambaMixer(nn.Module):
     of out_proj (1/√L in an L-block stack, mamba_ssm's ``rescale_prenorm_residual``).
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        d_state: int = 16,
-        d_conv: int = 4,
-        expand: int = 2,
-        dt_rank: int | None = None,
-        bidirectional: bool = True,
-        out_scale: float = 1.0,
-    ) -> None:
+    def __init__(self, config: StormConfig, out_scale: float = 1.0) -> None:
+        """Sizes from ``config`` (validated there): D = ``hidden_size``, ``d_state``, ``d_conv``,
+        ``expand``, ``dt_rank`` and ``bidirectional``."""
         super().__init__()
-        d_inner = expand * d_model
-        dt_rank = dt_rank if dt_rank is not None else math.ceil(d_model / 16)
-        self.bidirectional = bidirectional
+        d_model = config.hidden_size
+        d_inner = config.expand * d_model
+        self.bidirectional = config.bidirectional
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
-        self.forward_branch = SSMBranch(d_inner, d_state, d_conv, dt_rank)
-        self.backward_branch = SSMBranch(d_inner, d_state, d_conv, dt_rank) if bidirectional else None
+        branch = (d_inner, config.d_state, config.d_conv, config.dt_rank)
+        self.forward_branch = SSMBranch(*branch)
+        self.backward_branch = SSMBranch(*branch) if config.bidirectional else None
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
         keep_default_init(self.in_proj)
         keep_default_init(self.out_proj, out_scale)

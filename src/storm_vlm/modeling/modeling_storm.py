@@ -1,4 +1,6 @@
-"""STORM: vision tower → projector → temporal Mamba module → token reduction → LLM.
+"""STORM in transformers' VLM shape: :class:`StormModel` (vision tower → projector → temporal
+Mamba module → token reduction → LLM body) and :class:`StormForConditionalGeneration` (``.model``
+and ``.lm_head``), as LLaVA and Qwen2-VL are built.
 
 Data flow for a batch of B clips of T frames (paper Fig. 2; docs/design.md)::
 
@@ -8,27 +10,35 @@ Data flow for a batch of B clips of T frames (paper Fig. 2; docs/design.md)::
       → L bidirectional Mamba blocks (Eq. 4-5)    (B, T, N, D)
       → temporal pool k, spatial pool p, sample s (B, T', N', D)     (Eq. 6-8)
       → spliced into the LLM's input embeddings at the <video> placeholder positions
+      → LLM body (B, S, D) → lm_head (B, S, V)
+
+Checkpoints keep the layout storm-vlm 0.1 wrote (``language_model.model.*``,
+``language_model.lm_head.*``, ``vision_tower.*``, ``projector.*``, ``temporal.*``): the renaming
+below (:data:`CHECKPOINT_RENAMES`) maps it onto ``model.*`` / ``lm_head.*`` on load, and
+transformers applies it in reverse on save, so directories written before and after load alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, cast
 
 import torch
 from torch import nn
 from transformers import (
     AutoModel,
-    AutoModelForCausalLM,
     AutoModelForImageTextToText,
     GenerationMixin,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     SiglipVisionModel,
 )
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput
 
 from ..configuration_storm import StormConfig
 from .fast_path import FastPath
@@ -40,15 +50,53 @@ from .temporal import TemporalEncoder
 if TYPE_CHECKING:
     from ..streaming import StormStream
 
-__all__ = ["StormForConditionalGeneration", "StormPreTrainedModel"]
+__all__ = [
+    "CHECKPOINT_RENAMES",
+    "StormForConditionalGeneration",
+    "StormModel",
+    "StormPreTrainedModel",
+    "StormVisualOutput",
+    "checkpoint_key",
+]
 
 Videos = torch.Tensor | Sequence[torch.Tensor]
+
+# storm-vlm 0.1 checkpoint keys → module names (LLaVA's renaming in transformers 5, for our parts)
+CHECKPOINT_RENAMES: tuple[tuple[str, str], ...] = (
+    (r"^language_model\.lm_head", "lm_head"),
+    (r"^language_model\.model", "model.language_model"),
+    (r"^vision_tower", "model.vision_tower"),
+    (r"^projector", "model.projector"),
+    (r"^temporal", "model.temporal"),
+)
+
+
+@dataclass
+class StormVisualOutput(ModelOutput):
+    """What :meth:`StormModel.get_video_features` returns, in transformers' VLM convention.
+
+    Args:
+        last_hidden_state: ``(B, T', N', D)`` reduced tokens of a tensor batch; None for a list of clips.
+        pooler_output: per clip (or image), its ``(T'·N', D)`` tokens in placeholder order.
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: tuple[torch.Tensor, ...] = ()
+
+
+def checkpoint_key(name: str) -> str:
+    """A parameter name of :class:`StormForConditionalGeneration` → its key in a saved file
+    (``model.language_model.x`` → ``language_model.model.x``): :data:`CHECKPOINT_RENAMES` reversed."""
+    for old, new in CHECKPOINT_RENAMES:
+        if name == new or name.startswith(new + "."):
+            return old.removeprefix("^").replace("\\.", ".") + name[len(new) :]
+    return name
 
 
 class StormPreTrainedModel(PreTrainedModel):
     config: StormConfig
     config_class = StormConfig
-    base_model_prefix = ""
+    base_model_prefix = "model"
     input_modalities = ("video", "image", "text")  # type: ignore[assignment]  # tuples as in transformers' VLMs
     supports_gradient_checkpointing = True
     _no_split_modules: ClassVar[list[str]] = ["TemporalBlock"]  # type: ignore[misc]  # typed an instance var there
@@ -70,15 +118,26 @@ class StormPreTrainedModel(PreTrainedModel):
         if isinstance(module, SSMBranch):
             module.reset_ssm_parameters()
 
+    def save_pretrained(self, save_directory: str | Path, *args, **kwargs) -> None:  # type: ignore[override]
+        """transformers' save, plus the code, ``auto_map`` and a model card (:mod:`storm_vlm.remote_code`):
+        the directory then loads with ``trust_remote_code=True`` where storm-vlm is not installed.
+        Files are readable by all (transformers writes the weights 0600)."""
+        from ..model_dir import share_files_like_umask
+        from ..remote_code import AUTO_MAP, write_model_card, write_remote_code
 
-class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
-    """The full STORM model. ``forward`` and ``generate`` take token ids with placeholders and pixels.
+        self.config.auto_map = dict(AUTO_MAP)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_remote_code(save_directory)
+            write_model_card(save_directory, self.config)
+            share_files_like_umask(Path(save_directory).glob("model*.safetensors*"))
 
-    Example::
 
-        from storm_vlm import StormForConditionalGeneration
-        model = StormForConditionalGeneration.from_pretrained("path/to/storm-dir")
-        tokens = model.get_visual_tokens(pixel_values_videos)  # (B, T', N', D)
+class StormModel(StormPreTrainedModel):
+    """Vision tower, projector, temporal module, reduction and the LLM body, without an LM head.
+
+    ``forward`` returns the LLM's last hidden states for token ids whose placeholders are filled
+    with visual tokens; :meth:`get_video_features` / :meth:`get_image_features` give those tokens.
     """
 
     def __init__(
@@ -92,37 +151,20 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         self.projector = Projector(
             config.vision_config.hidden_size, config.hidden_size, config.downsample, config.projector_type
         )
-        self.temporal = None
-        if config.projector_type == "storm" and config.temporal_layers > 0:
-            self.temporal = TemporalEncoder(
-                config.hidden_size,
-                config.temporal_layers,
-                d_state=config.d_state,
-                d_conv=config.d_conv,
-                expand=config.expand,
-                dt_rank=config.dt_rank,
-                bidirectional=config.bidirectional,
-            )
+        self.temporal = TemporalEncoder(config) if config.uses_temporal else None
         self.language_model = (
-            language_model if language_model is not None else AutoModelForCausalLM.from_config(config.text_config)
+            language_model if language_model is not None else AutoModel.from_config(config.text_config)
         )
-        self.fast_path: FastPath | None = None  # see enable_fast_path
+        self.fast_path: FastPath | None = None  # see modeling.fast_path.enable_fast_path
         self.post_init()
 
-    # -- embeddings plumbing for HF (resize, tying, generation) ------------------------------
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
 
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
 
-    def get_output_embeddings(self) -> nn.Module:
-        return self.language_model.get_output_embeddings()
-
-    def set_output_embeddings(self, value: nn.Module) -> None:
-        self.language_model.set_output_embeddings(value)
-
-    # -- vision path -------------------------------------------------------------------------
+    # -- settings ----------------------------------------------------------------------------
     def reduction_settings(
         self,
         temporal_pool: int | None = None,
@@ -132,12 +174,7 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         """The settings a call uses: explicit arguments, else the config; no sampling in training."""
         return ReductionSettings.resolve(self.config, temporal_pool, spatial_pool, temporal_sampling, self.training)
 
-    def settings_for_budget(self, budget: int, num_frames: int) -> ReductionSettings:
-        """The least compression that fits ``budget`` visual tokens for ``num_frames`` frames, pooling
-        in time no more than this model was trained to (``config.temporal_pool``; beyond it, the
-        training-free sampling s). See :func:`~storm_vlm.modeling.reduction.settings_for_budget`."""
-        return settings_for_budget(budget, num_frames, self.config.token_grid, max(self.config.temporal_pool, 1))
-
+    # -- vision path -------------------------------------------------------------------------
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """Vision tower on M frames in chunks. ``(M, 3, H, W) → (M, h·w, C)`` patch features."""
         encode = self.fast_path.vision_features if self.fast_path is not None else self.vision_features
@@ -198,50 +235,71 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         tokens, _ = reduce_tokens(tokens, self.config.token_grid, settings)
         return tokens
 
-    def start_stream(
+    def get_video_features(
         self,
-        temporal_pool: int | None = None,
-        spatial_pool: int | None = None,
-        temporal_sampling: int | None = None,
-        max_frames: int | None = None,
-    ) -> StormStream:
-        """A live stream (causal models only): ``add_frames`` chunk by chunk, ``ask`` at any time.
+        pixel_values_videos: Videos,
+        video_reduction: torch.Tensor | None = None,
+        settings: ReductionSettings | None = None,
+    ) -> StormVisualOutput:
+        """Reduced visual tokens per clip, as transformers' VLMs return them.
 
-        ``max_frames`` bounds the reduced frames kept for the LLM (a sliding window).
-        See :mod:`storm_vlm.streaming`.
+        Args:
+            pixel_values_videos: ``(B, T, 3, H, W)``, one pass (the Mamba scan never crosses clips),
+                or a list of ``(T_i, 3, H, W)`` clips of different lengths, run one by one.
+            video_reduction: the processor's ``(B, 3)`` rows of (k, p, s); else ``settings``, else
+                the config's.
+
+        Returns:
+            ``pooler_output``: a tuple of ``(T'_i·N', D)`` per clip, in placeholder order;
+            ``last_hidden_state``: ``(B, T', N', D)`` for a tensor batch, else None.
         """
-        from ..streaming import StormStream
+        settings = _layout_settings(video_reduction, settings or self.reduction_settings(), "video_reduction")
+        if isinstance(pixel_values_videos, torch.Tensor):
+            if pixel_values_videos.dim() != 5:
+                raise ValueError(f"pixel_values_videos must be (B, T, 3, H, W), got {tuple(pixel_values_videos.shape)}")
+            tokens = self.get_visual_tokens(pixel_values_videos, settings)  # (B, T', N', D)
+            return StormVisualOutput(last_hidden_state=tokens, pooler_output=tuple(tokens.flatten(1, 2)))
+        clips = tuple(self.get_visual_tokens(clip[None], settings).flatten(0, 2) for clip in pixel_values_videos)
+        return StormVisualOutput(last_hidden_state=None, pooler_output=clips)
 
-        settings = ReductionSettings.resolve(self.config, temporal_pool, spatial_pool, temporal_sampling)
-        return StormStream(self, settings, max_frames=max_frames)
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        image_reduction: torch.Tensor | None = None,
+        settings: ReductionSettings | None = None,
+    ) -> StormVisualOutput:
+        """Images ``(M, 3, H, W)``, each a one-frame clip (paper §4.1): ``pooler_output`` holds
+        ``(N', D)`` per image."""
+        settings = _layout_settings(image_reduction, settings or self.reduction_settings(), "image_reduction")
+        return self.get_video_features(pixel_values.unsqueeze(1), settings=settings)
 
-    def _visual_embeddings(self, videos: Videos, settings: ReductionSettings) -> torch.Tensor:
-        """All clips' reduced tokens, flattened in order: ``(Σ T'_i·N', D)``.
-
-        A tensor batch ``(B, T, 3, H, W)`` runs in one pass; a list of ``(T_i, 3, H, W)`` clips of
-        different lengths runs clip by clip (the Mamba scan must not cross clip boundaries).
-        """
-        if isinstance(videos, torch.Tensor):
-            if videos.dim() != 5:
-                raise ValueError(f"pixel_values_videos must be (B, T, 3, H, W), got {tuple(videos.shape)}")
-            return self.get_visual_tokens(videos, settings).flatten(0, 2)
-        return torch.cat([self.get_visual_tokens(clip[None], settings).flatten(0, 2) for clip in videos])
-
-    def _splice(
-        self, embeds: torch.Tensor, input_ids: torch.Tensor, token_id: int | None, visual: torch.Tensor, what: str
+    def get_placeholder_mask(
+        self,
+        input_ids: torch.Tensor,
+        inputs_embeds: torch.Tensor,
+        image_features: torch.Tensor | None = None,
+        video_features: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if token_id is None:
-            raise ValueError(f"config.{what}_token_id is not set: cannot place {what} embeddings")
-        mask = input_ids == token_id
-        n_slots = int(mask.sum())
-        if n_slots != visual.shape[0]:
-            raise ValueError(
-                f"{what}: the prompt has {n_slots} <{what}> placeholder tokens but the {what} input gives "
-                f"{visual.shape[0]} visual tokens; build input_ids with StormProcessor using the same "
-                "reduction settings (temporal_pool, spatial_pool, temporal_sampling) as the model call"
-            )
-        embeds = embeds.masked_scatter(mask.unsqueeze(-1), visual.to(embeds.dtype))
-        return embeds, mask
+        """``(B, S, 1)`` masks of the ``<image>`` and ``<video>`` placeholders, checked against the
+        number of visual tokens given (as in Qwen2-VL)."""
+        masks = []
+        for what, token_id, features in (
+            ("image", self.config.image_token_id, image_features),
+            ("video", self.config.video_token_id, video_features),
+        ):
+            mask = input_ids == token_id if token_id is not None else torch.zeros_like(input_ids, dtype=torch.bool)
+            if features is not None:
+                if token_id is None:
+                    raise ValueError(f"config.{what}_token_id is not set: cannot place {what} embeddings")
+                n_slots = int(mask.sum())
+                if n_slots != features.shape[0]:
+                    raise ValueError(
+                        f"{what}: the prompt has {n_slots} <{what}> placeholder tokens but the {what} input gives "
+                        f"{features.shape[0]} visual tokens; build input_ids with StormProcessor and pass its "
+                        f"{what}_reduction (or the same temporal_pool, spatial_pool, temporal_sampling) to the model"
+                    )
+            masks.append(mask.unsqueeze(-1).to(inputs_embeds.device))
+        return masks[0], masks[1]
 
     def embed_inputs(
         self,
@@ -260,14 +318,224 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
             ``inputs_embeds`` ``(B, S, D)`` and the ``(B, S)`` mask of visual positions.
         """
         embeds = self.get_input_embeddings()(input_ids)
-        visual_mask = torch.zeros_like(input_ids, dtype=torch.bool)
+        image_mask, video_mask = self.get_placeholder_mask(input_ids, embeds, image_embeds, video_embeds)
         if video_embeds is not None:
-            embeds, mask = self._splice(embeds, input_ids, self.config.video_token_id, video_embeds, "video")
-            visual_mask |= mask
+            embeds = embeds.masked_scatter(video_mask, video_embeds.to(embeds.dtype))
         if image_embeds is not None:
-            embeds, mask = self._splice(embeds, input_ids, self.config.image_token_id, image_embeds, "image")
-            visual_mask |= mask
-        return embeds, visual_mask
+            embeds = embeds.masked_scatter(image_mask, image_embeds.to(embeds.dtype))
+        visual = (video_mask if video_embeds is not None else torch.zeros_like(video_mask)) | (
+            image_mask if image_embeds is not None else torch.zeros_like(image_mask)
+        )
+        return embeds, visual.squeeze(-1)
+
+    def visual_inputs_embeds(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values_videos: Videos | None = None,
+        pixel_values: torch.Tensor | None = None,
+        settings: ReductionSettings | None = None,
+        video_reduction: torch.Tensor | None = None,
+        image_reduction: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ids and pixels → ``inputs_embeds`` ``(B, S, D)`` and the visual-position mask ``(B, S)``.
+
+        ``settings`` holds explicit k / p / s; the processor's ``*_reduction`` rows say what the
+        placeholders were expanded with. Both given and different is an error (the counts could
+        not match).
+        """
+        default = settings if settings is not None else self.reduction_settings()
+        video_settings = _layout_settings(video_reduction, default, "video_reduction", explicit=settings is not None)
+        image_settings = _layout_settings(image_reduction, default, "image_reduction", explicit=settings is not None)
+        videos = images = None
+        if pixel_values_videos is not None:
+            videos = torch.cat(self.get_video_features(pixel_values_videos, settings=video_settings).pooler_output)
+        if pixel_values is not None:
+            images = torch.cat(self.get_image_features(pixel_values, settings=image_settings).pooler_output)
+        return self.embed_inputs(input_ids, videos, images)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values_videos: Videos | None = None,
+        pixel_values: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        reduction: ReductionSettings | None = None,
+        video_reduction: torch.LongTensor | None = None,
+        image_reduction: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """The LLM body on text embeddings with visual tokens at the placeholders: last hidden states.
+
+        ``reduction`` overrides the config's k / p / s; see
+        :meth:`StormForConditionalGeneration.forward` for the other arguments.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if input_ids is not None:  # and so no inputs_embeds
+            inputs_embeds, _ = self.visual_inputs_embeds(
+                input_ids, pixel_values_videos, pixel_values, reduction, video_reduction, image_reduction
+            )
+        elif pixel_values_videos is not None or pixel_values is not None:
+            raise ValueError("pixel inputs need input_ids to locate the placeholder tokens, not inputs_embeds")
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
+
+class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
+    """The full STORM model: :class:`StormModel` as ``.model`` and the LM head as ``.lm_head``.
+    ``forward`` and ``generate`` take token ids with placeholders and pixels.
+
+    Example::
+
+        from storm_vlm import StormForConditionalGeneration, StormProcessor
+        model = StormForConditionalGeneration.from_pretrained("path/to/storm-dir")
+        processor = StormProcessor.from_pretrained("path/to/storm-dir")
+        inputs = processor(text="<video>What happens?", videos=[frames], return_tensors="pt")
+        out = model.generate(**inputs, max_new_tokens=32)
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}  # noqa: RUF012  # as transformers declares it
+    _tp_plan = {"lm_head": "colwise_gather_output"}  # noqa: RUF012
+
+    def __init__(
+        self,
+        config: StormConfig,
+        vision_tower: PreTrainedModel | None = None,
+        language_model: PreTrainedModel | None = None,
+    ) -> None:
+        """``vision_tower`` / ``language_model``: ready parts (``from_parts``); a causal LM is split
+        into its body (``model.language_model``) and head (``lm_head``)."""
+        super().__init__(config)
+        body, head = _split_causal_lm(language_model)
+        self.model = StormModel(config, vision_tower=vision_tower, language_model=body)
+        text = config.text_config
+        self.lm_head = head if head is not None else nn.Linear(text.hidden_size, text.vocab_size, bias=False)
+        self.post_init()
+
+    # -- the parts, as transformers' VLMs name them ------------------------------------------
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.model.vision_tower
+
+    @property
+    def projector(self) -> Projector:
+        return self.model.projector
+
+    @property
+    def temporal(self) -> TemporalEncoder | None:
+        return self.model.temporal
+
+    @property
+    def language_model(self) -> nn.Module:
+        """The LLM body (no head: the logits come from :attr:`lm_head`)."""
+        return self.model.language_model
+
+    @property
+    def fast_path(self) -> FastPath | None:
+        """Set by :func:`~storm_vlm.modeling.fast_path.enable_fast_path`: compiled vision, static-cache decoding."""
+        return self.model.fast_path
+
+    @fast_path.setter
+    def fast_path(self, value: FastPath | None) -> None:
+        self.model.fast_path = value
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.lm_head = value
+
+    # -- the vision path (StormModel's) --------------------------------------------------------
+    def reduction_settings(
+        self,
+        temporal_pool: int | None = None,
+        spatial_pool: int | None = None,
+        temporal_sampling: int | None = None,
+    ) -> ReductionSettings:
+        """The settings a call uses: explicit arguments, else the config; no sampling in training."""
+        return self.model.reduction_settings(temporal_pool, spatial_pool, temporal_sampling)
+
+    def settings_for_budget(self, budget: int, num_frames: int) -> ReductionSettings:
+        """The least compression that fits ``budget`` visual tokens for ``num_frames`` frames, pooling
+        in time no more than this model was trained to (``config.temporal_pool``; beyond it, the
+        training-free sampling s). See :func:`~storm_vlm.modeling.reduction.settings_for_budget`."""
+        return settings_for_budget(budget, num_frames, self.config.token_grid, max(self.config.temporal_pool, 1))
+
+    def get_video_features(
+        self,
+        pixel_values_videos: Videos,
+        video_reduction: torch.Tensor | None = None,
+        settings: ReductionSettings | None = None,
+    ) -> StormVisualOutput:
+        return self.model.get_video_features(pixel_values_videos, video_reduction, settings)
+
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        image_reduction: torch.Tensor | None = None,
+        settings: ReductionSettings | None = None,
+    ) -> StormVisualOutput:
+        return self.model.get_image_features(pixel_values, image_reduction, settings)
+
+    def get_visual_tokens(
+        self, pixel_values_videos: torch.Tensor, settings: ReductionSettings | None = None
+    ) -> torch.Tensor:
+        """Tokens after the temporal module and reduction. ``(B, T, 3, H, W) → (B, T', N', D)``."""
+        return self.model.get_visual_tokens(pixel_values_videos, settings)
+
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """Vision tower + projector, per frame. ``(B, T, 3, H, W) → (B, T, N, D)``."""
+        return self.model.encode_video(frames)
+
+    def apply_temporal(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The temporal Mamba module (identity for the ``mlp`` baseline). ``(B, T, N, D)`` in and out."""
+        return self.model.apply_temporal(tokens)
+
+    def embed_inputs(
+        self,
+        input_ids: torch.Tensor,
+        video_embeds: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text embeddings with visual tokens at the placeholders (:meth:`StormModel.embed_inputs`)."""
+        return self.model.embed_inputs(input_ids, video_embeds, image_embeds)
+
+    def scan_cut(self) -> AbstractContextManager[None]:
+        """The Mamba-usage diagnostic (:meth:`StormModel.scan_cut`)."""
+        return self.model.scan_cut()
+
+    def start_stream(
+        self,
+        temporal_pool: int | None = None,
+        spatial_pool: int | None = None,
+        temporal_sampling: int | None = None,
+        max_frames: int | None = None,
+    ) -> StormStream:
+        """A live stream (causal models only): ``add_frames`` chunk by chunk, ``ask`` at any time.
+
+        k / p / s default to the config's; ``max_frames`` bounds the reduced frames kept for the
+        LLM (a sliding window). See :mod:`storm_vlm.streaming`.
+        """
+        from ..streaming import StormStream
+
+        settings = ReductionSettings.resolve(self.config, temporal_pool, spatial_pool, temporal_sampling)
+        return StormStream(self, settings, max_frames=max_frames)
 
     def forward(
         self,
@@ -288,7 +556,7 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         image_reduction: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """Run the LLM on text embeddings with visual tokens spliced in at the placeholders.
+        """Logits (and the loss with ``labels``) for text with visual tokens at the placeholders.
 
         Args:
             input_ids: ``(B, S)`` with one ``video_token_id`` per visual token (the processor
@@ -306,54 +574,48 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if input_ids is not None:  # and so no inputs_embeds
-            settings = self.reduction_settings(temporal_pool, spatial_pool, temporal_sampling)
             explicit = any(v is not None for v in (temporal_pool, spatial_pool, temporal_sampling))
-            video_settings = _layout_settings(video_reduction, settings, explicit, "video_reduction")
-            image_settings = _layout_settings(image_reduction, settings, explicit, "image_reduction")
-            videos = (
-                self._visual_embeddings(pixel_values_videos, video_settings)
-                if pixel_values_videos is not None
-                else None
+            settings = self.reduction_settings(temporal_pool, spatial_pool, temporal_sampling) if explicit else None
+            inputs_embeds, visual = self.model.visual_inputs_embeds(
+                input_ids, pixel_values_videos, pixel_values, settings, video_reduction, image_reduction
             )
-            images = (
-                self._visual_embeddings(pixel_values.unsqueeze(1), image_settings) if pixel_values is not None else None
-            )
-            inputs_embeds, visual_mask = self.embed_inputs(input_ids, videos, images)
             if labels is not None:
-                labels = labels.masked_fill(visual_mask, -100)
+                labels = labels.masked_fill(visual, -100)
         elif pixel_values_videos is not None or pixel_values is not None:
             raise ValueError("pixel inputs need input_ids to locate the placeholder tokens, not inputs_embeds")
-        return self.language_model(
+        outputs = self.model.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
-            labels=labels,
             use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
             **kwargs,
         )
-
-    def save_pretrained(self, save_directory: str | Path, *args, **kwargs) -> None:  # type: ignore[override]
-        """transformers' save, plus the code, ``auto_map`` and a model card (:mod:`storm_vlm.remote_code`):
-        the directory then loads with ``trust_remote_code=True`` where storm-vlm is not installed."""
-        from ..remote_code import AUTO_MAP, write_model_card, write_remote_code
-
-        self.config.auto_map = dict(AUTO_MAP)
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            write_remote_code(save_directory)
-            write_model_card(save_directory, self.config)
+        hidden = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, keep, :])
+        loss = None
+        if labels is not None:
+            vocab = self.config.text_config.vocab_size
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=vocab, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
     def generate(self, *args, **kwargs):
         """transformers' ``generate``; with :attr:`fast_path` set, on a static cache with a compiled step."""
-        if self.fast_path is not None and not args:
-            if self.fast_path.can_decode(kwargs, self.generation_config):
+        fast = self.fast_path
+        if fast is not None and not args:
+            if fast.can_decode(kwargs, self.generation_config):
                 if kwargs.get("eos_token_id") is None:
                     kwargs["eos_token_id"] = self.generation_config.eos_token_id
                 with torch.inference_mode():
-                    return self.fast_path.greedy_decode(self, **kwargs)
-            kwargs = self.fast_path.generate_kwargs(self, kwargs)
+                    return fast.greedy_decode(self, **kwargs)
+            kwargs = fast.generate_kwargs(self, kwargs)
         return super().generate(*args, **kwargs)
 
     # -- building from pretrained parts ------------------------------------------------------
@@ -380,14 +642,24 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         return build_from_parts(cls, vision_path, llm_path, tokenizer=tokenizer, dtype=dtype, **storm_options)
 
 
+def _split_causal_lm(llm: PreTrainedModel | None) -> tuple[PreTrainedModel | None, nn.Module | None]:
+    """A causal LM → (its body, its LM head); a bare body → (it, None)."""
+    if llm is None:
+        return None, None
+    head = llm.get_output_embeddings()
+    if head is None:
+        return llm, None
+    return cast(PreTrainedModel, llm.base_model), head
+
+
 def _layout_settings(
-    layout: torch.Tensor | None, default: ReductionSettings, explicit: bool, name: str
+    layout: torch.Tensor | None, default: ReductionSettings, name: str, explicit: bool = False
 ) -> ReductionSettings:
     """The (k, p, s) a processor expanded placeholders with (one row per clip), else ``default``.
 
-    ``default`` holds the explicit ``temporal_pool`` / ``spatial_pool`` / ``temporal_sampling``
-    arguments or the config; explicit arguments that disagree with the layout could not match the
-    placeholders, so that is an error. All rows must agree (one setting per call).
+    ``default`` holds explicit settings (``explicit``) or the config's; explicit settings that
+    disagree with the layout could not match the placeholders, so that is an error. All rows must
+    agree (one setting per call).
     """
     if layout is None:
         return default
@@ -403,5 +675,10 @@ def _layout_settings(
     return settings
 
 
-AutoModel.register(StormConfig, StormForConditionalGeneration, exist_ok=True)
+register_checkpoint_conversion_mapping(
+    StormConfig.model_type,
+    [WeightRenaming(source_patterns=old, target_patterns=new) for old, new in CHECKPOINT_RENAMES],
+    overwrite=True,
+)
+AutoModel.register(StormConfig, StormModel, exist_ok=True)
 AutoModelForImageTextToText.register(StormConfig, StormForConditionalGeneration, exist_ok=True)

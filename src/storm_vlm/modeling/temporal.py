@@ -11,11 +11,16 @@ the paper is silent) keeps the output scale steady for the LLM.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .mamba import BranchState, MambaMixer
+
+if TYPE_CHECKING:
+    from ..configuration_storm import StormConfig
 
 __all__ = ["TemporalBlock", "TemporalEncoder"]
 
@@ -23,10 +28,10 @@ __all__ = ["TemporalBlock", "TemporalEncoder"]
 class TemporalBlock(GradientCheckpointingLayer):
     """``X + MambaMixer(LayerNorm(X))`` on a ``(B, T·N, D)`` sequence (Eq. 5)."""
 
-    def __init__(self, d_model: int, **mixer_kwargs) -> None:
+    def __init__(self, config: StormConfig, out_scale: float = 1.0) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(d_model)
-        self.mixer = MambaMixer(d_model, **mixer_kwargs)
+        self.norm = nn.LayerNorm(config.hidden_size)
+        self.mixer = MambaMixer(config, out_scale=out_scale)
 
     def forward(
         self, hidden_states: torch.Tensor, state: BranchState | None = None, return_state: bool = False
@@ -38,32 +43,21 @@ class TemporalBlock(GradientCheckpointingLayer):
 
 
 class TemporalEncoder(nn.Module):
-    """L temporal blocks + final LayerNorm. ``(B, T, N, D) → (B, T, N, D)``."""
+    """L = ``config.temporal_layers`` temporal blocks + final LayerNorm. ``(B, T, N, D) → (B, T, N, D)``.
 
-    def __init__(
-        self,
-        d_model: int,
-        num_layers: int,
-        d_state: int = 16,
-        d_conv: int = 4,
-        expand: int = 2,
-        dt_rank: int | None = None,
-        bidirectional: bool = True,
-    ) -> None:
+    Every size comes from the :class:`~storm_vlm.StormConfig` (D = ``hidden_size``, the Mamba
+    sizes, ``bidirectional``), so the module a model builds is the one its config describes.
+    """
+
+    def __init__(self, config: StormConfig) -> None:
         super().__init__()
+        num_layers = config.temporal_layers
         # out_proj starts scaled by 1/√L, as mamba_ssm's rescale_prenorm_residual does: the residual
         # stream's variance does not grow with depth and each block starts close to the identity.
-        mixer_kwargs = dict(
-            d_state=d_state,
-            d_conv=d_conv,
-            expand=expand,
-            dt_rank=dt_rank,
-            bidirectional=bidirectional,
-            out_scale=max(num_layers, 1) ** -0.5,
-        )
-        self.layers = nn.ModuleList(TemporalBlock(d_model, **mixer_kwargs) for _ in range(num_layers))
-        self.norm = nn.LayerNorm(d_model)
-        self.cut_at_frames = False  # the Mamba-usage diagnostic: see StormForConditionalGeneration.scan_cut
+        out_scale = max(num_layers, 1) ** -0.5
+        self.layers = nn.ModuleList(TemporalBlock(config, out_scale) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(config.hidden_size)
+        self.cut_at_frames = False  # the Mamba-usage diagnostic: see StormModel.scan_cut
 
     def forward(
         self, tokens: torch.Tensor, state: list[BranchState] | None = None, return_state: bool = False

@@ -49,7 +49,7 @@ from ..modeling.reduction import ReductionSettings
 from ..processing_storm import StormProcessor
 from .data import DataError, SeededSampler, StormCollator, build_dataset
 from .recipe import RecipeError, TrainRecipe
-from .stages import configure_stage, param_groups
+from .stages import configure_stage, module_of, param_groups
 
 __all__ = ["TrainResult", "TrainingInterrupted", "train"]
 
@@ -118,13 +118,13 @@ def _apply_lora(model: StormForConditionalGeneration, options: dict[str, Any]) -
         lora_dropout=float(options.get("dropout", 0.05)),
         target_modules=options.get("target_modules", LORA_TARGETS),
     )
-    model.language_model = get_peft_model(model.language_model, config)
+    model.model.language_model = get_peft_model(model.model.language_model, config)
 
 
 def _merge_lora(model: StormForConditionalGeneration) -> None:
-    merge = getattr(model.language_model, "merge_and_unload", None)  # a peft model's
+    merge = getattr(model.model.language_model, "merge_and_unload", None)  # a peft model's
     if merge is not None:
-        model.language_model = merge()
+        model.model.language_model = merge()
 
 
 def _token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
@@ -581,7 +581,7 @@ def configure_stage_with_lora(model: StormForConditionalGeneration, stage: int) 
     for name, param in model.named_parameters():
         if "lora_" in name:
             param.requires_grad_(True)
-        elif name.startswith("language_model."):
+        elif module_of(name) == "llm":
             param.requires_grad_(False)
     counts["llm"] = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     return counts

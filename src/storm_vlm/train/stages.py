@@ -50,6 +50,9 @@ def configure_stage(model: StormForConditionalGeneration, stage: int) -> dict[st
 
 
 def module_of(name: str) -> str:
+    """The part a parameter of :class:`StormForConditionalGeneration` belongs to: ``model.vision_tower.*``
+    → vision, ``model.projector.*`` / ``model.temporal.*`` → projector, the LLM body and ``lm_head`` → llm."""
+    name = name.removeprefix("model.")
     if name.startswith("vision_tower."):
         return "vision"
     if name.startswith(("projector.", "temporal.")):
