@@ -221,9 +221,22 @@ class Scoring(str, Enum):
 @app.command(name="eval")
 def eval_(
     model_dir: Annotated[Path, typer.Argument(help="STORM model directory.")],
-    benchmark: Annotated[str, typer.Option(help="mvbench, mlvu, longvideobench, videomme, synthetic or mc-json.")],
+    benchmark: Annotated[
+        str,
+        typer.Option(
+            help="mvbench, mlvu, longvideobench, videomme, videomme_w_subtitle, longvideobench_w_subtitle, "
+            "synthetic or mc-json."
+        ),
+    ],
     data_root: Annotated[Path, typer.Option(help="Benchmark folder (or the JSON file for mc-json).")],
     frames: Annotated[str, typer.Option(help="Frame counts, comma-separated (a sweep when several).")] = "32",
+    subtitles: Annotated[
+        Path | None,
+        typer.Option(
+            help="Subtitle folder of a *_w_subtitle benchmark (default DATA_ROOT/subtitle for Video-MME, "
+            "DATA_ROOT/subtitles for LongVideoBench)."
+        ),
+    ] = None,
     temporal_pool: Annotated[int | None, typer.Option(min=1, max=MAX_REDUCTION, help="k (model default).")] = None,
     spatial_pool: Annotated[int | None, typer.Option(min=1, max=MAX_REDUCTION, help="p (model default).")] = None,
     sample: Annotated[
@@ -276,6 +289,7 @@ def eval_(
         console=console,
         token_budget=token_budget,
         scan_cut=mamba_usage,
+        subtitles=subtitles,
     )
 
 

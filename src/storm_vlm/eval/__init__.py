@@ -49,6 +49,7 @@ def run_benchmark(
     token_budget: int | None = None,
     fast: bool | None = None,
     scan_cut: bool = False,
+    subtitles: str | Path | None = None,
 ) -> dict[int, dict[str, Any]]:
     """Evaluate a model directory on a benchmark at one or more frame counts.
 
@@ -57,6 +58,7 @@ def run_benchmark(
     With ``token_budget``, each frame count gets the least compression that fits the budget.
     With ``scan_cut``, every question is scored twice, normally and under ``model.scan_cut()``, and
     each ``results.json`` gets a ``mamba_usage`` section (not applicable to the ``mlp`` baseline).
+    ``subtitles``: the subtitle folder of a ``*_w_subtitle`` benchmark, when not the default.
     """
     import torch
 
@@ -65,7 +67,7 @@ def run_benchmark(
     console = console or Console()
     if scoring not in ("generate", "loglik"):
         raise ValueError(f"scoring must be generate or loglik, got {scoring!r}")
-    bench, items, problems = load_benchmark(benchmark, data_root)
+    bench, items, problems = load_benchmark(benchmark, data_root, subtitles)
     if tasks:
         unknown = sorted(set(tasks) - {it.task for it in items})
         if unknown:
@@ -91,6 +93,8 @@ def run_benchmark(
     config = {"benchmark": benchmark, "model": str(model_dir), "model_fingerprint": fingerprint,
               "data_root": str(Path(data_root).resolve()), "tasks": tasks, "token_budget": token_budget,
               "headline": bench.headline}  # fmt: skip
+    if subtitles is not None:  # only then: the identity of runs without it stays as it was
+        config["subtitles"] = str(Path(subtitles).resolve())
     results: dict[int, dict[str, Any]] = {}
     if token_budget is not None and any(v is not None for v in (temporal_pool, spatial_pool, temporal_sampling)):
         raise ValueError("give --token-budget or explicit --temporal-pool / --spatial-pool / --sample, not both")

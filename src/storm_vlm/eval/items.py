@@ -18,6 +18,7 @@ __all__ = [
     "BENCHMARK_KINDS",
     "LETTERS",
     "MCItem",
+    "counts_in_accuracy",
     "extract_mcq_answer",
     "letter_of",
     "parse_item_answer",
@@ -269,3 +270,9 @@ def parse_item_answer(item: MCItem, output: str) -> str | None:
     if item.benchmark == "longvideobench":
         return parse_longvideobench(text, len(item.options), f"longvideobench/{item.id}")
     raise ValueError(f"item {item.id}: no answer parser for benchmark {item.benchmark!r}")
+
+
+def counts_in_accuracy(item: MCItem, output: str) -> bool:
+    """Whether the benchmark's own metric counts this answer: lmms-eval's MVBench aggregation leaves
+    answers that are empty after stripping out of its denominator; every other benchmark counts all."""
+    return not (item.benchmark == "mvbench" and not output.strip())

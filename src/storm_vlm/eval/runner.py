@@ -35,12 +35,12 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..inference import prepare_inputs
+from ..inference import generate_answer, prepare_inputs
 from ..modeling.modeling_storm import StormForConditionalGeneration
 from ..modeling.reduction import ReductionSettings
 from ..processing_storm import StormProcessor
 from ..video import VideoClip, VideoError, sample_frames
-from .items import LETTERS, MCItem, parse_letter
+from .items import LETTERS, MCItem, counts_in_accuracy, parse_item_answer
 
 __all__ = ["EvalSettings", "evaluate", "mamba_usage", "summarize"]
 
@@ -120,15 +120,10 @@ def _predict(
             raw = " ".join(f"{c}:{v:.3f}" for c, v in zip(letters, scores))
             extra = {"scores": scores}  # full precision: raw_output rounds
         else:
-            out = model.generate(
-                inputs_embeds=prepared.inputs_embeds,
-                attention_mask=prepared.attention_mask,
-                max_new_tokens=settings.max_new_tokens,
-                do_sample=False,
-            )
-            raw = processor.decode(out[0]).strip()
-            letter = parse_letter(raw, len(item.options), item.options)
-            extra = {}
+            out = generate_answer(model, prepared, settings.max_new_tokens, do_sample=False)
+            raw = processor.decode(out).strip()
+            letter = parse_item_answer(item, raw)
+            extra = {"counted": counts_in_accuracy(item, raw)}
         llm_s = time.perf_counter() - gen_start
     timings = dict(prepared.timer.timings, decode=decode_s, llm=llm_s)
     return {
@@ -374,14 +369,19 @@ def _record_claim(out: Path, identity: dict[str, Any]) -> None:
 
 
 def _accuracy(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy over answered rows; rows the benchmark's own metric leaves out (``counted`` False:
+    MVBench's empty answers, :func:`counts_in_accuracy`) are in neither numerator nor denominator."""
     ok = [r for r in rows if "error" not in r]
-    n_correct = sum(r["correct"] for r in ok)
+    counted = [r for r in ok if r.get("counted", True)]
+    left_out = len(ok) - len(counted)
+    n_correct = sum(r["correct"] for r in counted)
     return {
-        "accuracy": n_correct / len(ok) if ok else None,
-        "accuracy_with_errors_wrong": n_correct / len(rows) if rows else None,
+        "accuracy": n_correct / len(counted) if counted else None,
+        "accuracy_with_errors_wrong": n_correct / (len(rows) - left_out) if len(rows) > left_out else None,
         "answered": len(ok),
         "errors": len(rows) - len(ok),
         "unparsed": sum(r["parsed"] is None for r in ok),
+        "left_out": left_out,
     }
 
 
