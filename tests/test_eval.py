@@ -214,50 +214,6 @@ def test_malformed_fields_are_one_line_naming_file_index_and_field(tmp_path):
         MCItem("q", "t", "v.mp4", "Q", ["a", "b"], "A", start="abc")  # type: ignore[arg-type]
 
 
-class StandInInstance:
-    """Mirrors lmms_eval.api.instance.Instance: the fields and ``.args`` the plugin reads."""
-
-    def __init__(self, request_type, arguments, idx=0, metadata=None):
-        self.request_type, self.arguments, self.idx = request_type, arguments, idx
-        self.metadata = metadata or {"task": arguments[-2], "doc_id": arguments[-3], "repeats": 1}
-
-    @property
-    def args(self):
-        return self.arguments
-
-
-def test_lmms_eval_plugin_with_stand_in_instances(tiny, tmp_path):
-    from storm_vlm.eval.lmms_eval_plugin import StormLmms
-
-    model, processor = tiny
-    model.save_pretrained(tmp_path / "m")
-    processor.save_pretrained(tmp_path / "m")
-    make(tmp_path / "v.mp4", num_frames=10, height=32, width=32)
-    plugin = StormLmms(pretrained=str(tmp_path / "m"), num_frames="8", temporal_pool="4", device="cpu")
-    doc = {"video": str(tmp_path / "v.mp4"), "answer": "B"}
-    plugin.task_dict = {"videomme": {"test": [doc]}}
-    to_visual = lambda d: [d["video"]]  # noqa: E731 - lmms-eval passes a function of the doc
-    gen_kwargs = {"max_new_tokens": 3, "until": ["\n\n"]}
-    gen = StandInInstance("generate_until", ("Which? A. x B. y", gen_kwargs, to_visual, 0, "videomme", "test"))
-    (text,) = plugin.generate_until([gen])
-    assert isinstance(text, str)
-    ll = StandInInstance("loglikelihood", ("Which? A. x B. y", lambda d: d["answer"], to_visual, 0, "videomme", "test"))
-    ((logprob, greedy),) = plugin.loglikelihood([ll])
-    assert logprob < 0 and isinstance(greedy, bool)
-    with pytest.raises(NotImplementedError):
-        plugin.generate_until_multi_round([gen])
-    assert plugin.settings.temporal_pool == 4
-
-
-def test_entry_point_is_declared():
-    import tomllib
-
-    meta = tomllib.loads(open("pyproject.toml").read())
-    assert meta["project"]["entry-points"]["lmms_eval.models"]["storm_vlm"] == (
-        "storm_vlm.eval.lmms_eval_plugin:manifest"
-    )
-
-
 def test_sharded_eval_with_accelerate(mvbench_root, tmp_path, tiny):
     import subprocess
     import sys
@@ -527,48 +483,6 @@ def test_a_sweep_flags_frame_counts_the_clips_cannot_supply(synth_root, tiny_dir
     assert results[16]["frames_short"] == {"items": 2, "min_frames": 8}  # 8-frame clips
     summary = (tmp_path / "sweep" / "frames-16" / "summary.md").read_text()
     assert "2 question(s) got fewer than 16 frames" in summary and "as few as 8" in summary
-
-
-def test_lmms_eval_plugin_frames_text_only_order_and_ranks(tiny, tmp_path):
-    """A list of PIL frames is one clip; two-argument loglikelihood scores text alone; results come back
-    in request order although they run longest-first; rank, world size and device are accelerate's."""
-    import numpy as np
-    import torch
-    from accelerate import PartialState
-    from PIL import Image
-
-    from storm_vlm.eval.lmms_eval_plugin import StormLmms
-    from storm_vlm.inference import prepare_inputs
-
-    model, processor = tiny
-    model.save_pretrained(tmp_path / "m")
-    processor.save_pretrained(tmp_path / "m")
-    plugin = StormLmms(pretrained=str(tmp_path / "m"), num_frames="4", device="cpu")
-    state = PartialState()
-    assert (plugin.rank, plugin.world_size) == (state.process_index, state.num_processes)
-    assert plugin.device == torch.device("cpu") and plugin.batch_size == 1
-    frames = [Image.fromarray(np.full((32, 32, 3), 20 * i, np.uint8)) for i in range(10)]
-    clip = plugin._clip(frames)
-    assert len(clip) == 4 and not clip.is_image  # 10 frames sampled uniformly to num_frames
-    assert [int(clip.frames[i, 0, 0, 0]) for i in range(4)] == [0, 60, 120, 180]
-    assert plugin._clip(frames[:1]).is_image
-    plugin.task_dict = {"t": {"test": [{"frames": frames, "answer": "B"}]}}
-    to_visual = lambda d: d["frames"]  # noqa: E731
-    video_ll = StandInInstance("loglikelihood", ("Which? A or B", lambda d: d["answer"], to_visual, 0, "t", "test"))
-    text_ll = StandInInstance(
-        "loglikelihood", ("The answer is", " B"), metadata={"task": "t", "doc_id": 0, "repeats": 1}
-    )
-    (video_score, _), (text_score, _) = plugin.loglikelihood([video_ll, text_ll])
-    prepared = prepare_inputs(model, processor, clip, "Which? A or B", plugin.settings)
-    assert video_score == pytest.approx(plugin._score(prepared.inputs_embeds, prepared.attention_mask, "B")[0])
-    ids = processor.tokenizer("The answer is", return_tensors="pt")
-    embeds = model.get_input_embeddings()(ids["input_ids"])
-    assert text_score == pytest.approx(plugin._score(embeds, ids["attention_mask"], " B")[0]) and text_score < 0
-    short = StandInInstance("generate_until", ("Q?", {"max_new_tokens": 2}, to_visual, 0, "t", "test"))
-    long = StandInInstance("generate_until", ("A much longer question?" * 3, {"max_new_tokens": 2}, to_visual, 0, "t",
-                                              "test"))  # fmt: skip
-    both = plugin.generate_until([short, long])
-    assert both == [plugin.generate_until([short])[0], plugin.generate_until([long])[0]]
 
 
 def test_mlvu_reports_the_mean_over_tasks_as_its_headline():

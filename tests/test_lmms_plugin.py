@@ -191,7 +191,7 @@ def test_options_scored_together_equal_one_forward_per_option(plugin, docs):
     assert [s for s, _ in batched] == pytest.approx([s for s, _ in reference], abs=1e-4)
     assert [g for _, g in batched] == [g for _, g in reference]
     assert batched[len(OPTIONS) * 2] == (pytest.approx(reference[len(OPTIONS) * 2][0], abs=1e-4), True)
-    assert all(s < 0 for s, _ in batched)
+    assert all(loss > 0 for loss, _ in batched)  # losses: multiple_choice picks the lowest
 
 
 def test_an_empty_continuation_scores_log_one(plugin, docs):
@@ -259,7 +259,8 @@ def test_chat_messages_with_a_system_turn_images_and_a_time_window(chat, docs):
 
 def test_answers_and_scores_equal_storm_vlm_eval(plugin, docs):
     """The same model, questions, frames and settings through storm-vlm's own eval (runner._predict,
-    generate and loglik scoring) and through the plugin (batched): the same answers, the same scores."""
+    generate and loglik scoring) and through the plugin (batched): the same answers, the same scores
+    (the plugin's in lmms-eval's form, the mean loss over the option's tokens)."""
     from storm_vlm.eval.benchmarks import prompt_mvbench
     from storm_vlm.eval.items import MCItem
     from storm_vlm.eval.runner import EvalSettings, _predict
@@ -282,9 +283,80 @@ def test_answers_and_scores_equal_storm_vlm_eval(plugin, docs):
         rows = [_predict(plugin.model, plugin.processor, item, p, settings) for item, p in zip(items, prompts)]
         if key == "raw_output":
             assert answers == [row["raw_output"] for row in rows]
-        else:
-            per_item = [[s for s, _ in scores[k * len(OPTIONS) : (k + 1) * len(OPTIONS)]] for k in ids]
-            assert per_item == [row["scores"] for row in rows]  # the same function on the same prompt: exact
+        else:  # lmms-eval's loss is minus storm-vlm's summed log-probability over the option's tokens
+            tokens = [len(plugin.processor.tokenizer(o, add_special_tokens=False)["input_ids"]) for o in OPTIONS]
+            for k, row in zip(ids, rows):
+                losses = [loss for loss, _ in scores[k * len(OPTIONS) : (k + 1) * len(OPTIONS)]]
+                assert losses == [-s / n for s, n in zip(row["scores"], tokens)]  # the same numbers: exact
+
+
+# -- moved from tests/test_eval.py (the plugin on the shared tiny model) -----------------------------
+def test_lmms_eval_plugin_with_stand_in_instances(tiny, tmp_path):
+    model, processor = tiny
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    make(tmp_path / "v.mp4", num_frames=10, height=32, width=32)
+    plugin = StormLmms(pretrained=str(tmp_path / "m"), num_frames="8", temporal_pool="4", device="cpu")
+    doc = {"video": str(tmp_path / "v.mp4"), "answer": "B"}
+    plugin.task_dict = {"videomme": {"test": [doc]}}
+    to_visual = lambda d: [d["video"]]  # noqa: E731 - lmms-eval passes a function of the doc
+    gen_kwargs = {"max_new_tokens": 3, "until": ["\n\n"]}
+    gen = StandInInstance("generate_until", ("Which? A. x B. y", gen_kwargs, to_visual, 0, "videomme", "test"))
+    (text,) = plugin.generate_until([gen])
+    assert isinstance(text, str)
+    ll = StandInInstance("loglikelihood", ("Which? A. x B. y", lambda d: d["answer"], to_visual, 0, "videomme", "test"))
+    ((loss, greedy),) = plugin.loglikelihood([ll])
+    assert loss > 0 and isinstance(greedy, bool)
+    with pytest.raises(NotImplementedError):
+        plugin.generate_until_multi_round([gen])
+    assert plugin.settings.temporal_pool == 4
+
+
+def test_entry_point_is_declared():
+    import tomllib
+
+    meta = tomllib.loads(open("pyproject.toml").read())
+    assert meta["project"]["entry-points"]["lmms_eval.models"]["storm_vlm"] == (
+        "storm_vlm.eval.lmms_eval_plugin:manifest"
+    )
+
+
+def test_lmms_eval_plugin_frames_text_only_order_and_ranks(tiny, tmp_path):
+    """A list of PIL frames is one clip; two-argument loglikelihood scores text alone; results come back
+    in request order although they run longest-first; rank, world size and device are accelerate's."""
+    from accelerate import PartialState
+
+    from storm_vlm.inference import prepare_inputs
+
+    model, processor = tiny
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    plugin = StormLmms(pretrained=str(tmp_path / "m"), num_frames="4", device="cpu")
+    state = PartialState()
+    assert (plugin.rank, plugin.world_size) == (state.process_index, state.num_processes)
+    assert plugin.device == torch.device("cpu") and plugin.batch_size == 1
+    frames = [Image.fromarray(np.full((32, 32, 3), 20 * i, np.uint8)) for i in range(10)]
+    clip = plugin._clip(frames)
+    assert len(clip) == 4 and not clip.is_image  # 10 frames sampled uniformly to num_frames
+    assert [int(clip.frames[i, 0, 0, 0]) for i in range(4)] == [0, 60, 120, 180]
+    assert plugin._clip(frames[:1]).is_image
+    plugin.task_dict = {"t": {"test": [{"frames": frames, "answer": "B"}]}}
+    to_visual = lambda d: d["frames"]  # noqa: E731
+    video_ll = StandInInstance("loglikelihood", ("Which? A or B", lambda d: d["answer"], to_visual, 0, "t", "test"))
+    text_ll = StandInInstance(
+        "loglikelihood", ("The answer is", " B"), metadata={"task": "t", "doc_id": 0, "repeats": 1}
+    )
+    (video_score, _), (text_score, _) = plugin.loglikelihood([video_ll, text_ll])
+    prepared = prepare_inputs(model, processor, clip, "Which? A or B", plugin.settings)
+    assert video_score == pytest.approx(plugin._score(prepared.inputs_embeds, prepared.attention_mask, "B")[0])
+    ids = processor.tokenizer("The answer is", return_tensors="pt")
+    embeds = model.get_input_embeddings()(ids["input_ids"])
+    assert text_score == pytest.approx(plugin._score(embeds, ids["attention_mask"], " B")[0]) and text_score > 0
+    short = StandInInstance("generate_until", ("Q?", {"max_new_tokens": 2}, to_visual, 0, "t", "test"))
+    long = StandInInstance("generate_until", ("A much longer question?" * 3, {"max_new_tokens": 2}, to_visual, 0, "t",
+                                              "test"))  # fmt: skip
+    both = plugin.generate_until([short, long])
+    assert both == [plugin.generate_until([short])[0], plugin.generate_until([long])[0]]
 
 
 def test_batch_size_bounds(model_dir):

@@ -29,7 +29,9 @@ simple model pads the prompt embeddings storm-vlm's :func:`~storm_vlm.inference.
 makes one by one; the chat model lets the processor pad). Greedy answers equal one request at a
 time token for token (tested). Loglikelihood scores the options of one prompt together with
 :func:`~storm_vlm.eval.runner.option_logprobs`: the prompt (and its clip) once, the options in one
-batch; the same numbers as storm-vlm's own ``--scoring loglik`` (tested).
+batch, the numbers storm-vlm's own ``--scoring loglik`` ranks by (tested). It returns what
+lmms-eval's models return and its tasks expect, ``(mean loss of the continuation's tokens,
+greedy)``: ``multiple_choice`` picks the lowest (see :meth:`StormLmms.loglikelihood`).
 
 Data parallel under ``accelerate launch -m lmms_eval``: rank, world size and device come from
 accelerate (each rank on its own GPU), which lmms-eval's evaluator shards by. A task's visual is a
@@ -63,6 +65,40 @@ except Exception:  # lmms-eval is an optional extra (storm-vlm[eval])
 
 
 __all__ = ["StormLmms", "StormLmmsChat", "manifest"]
+
+try:  # pragma: no cover - exercised only where lmms-eval is installed
+    from lmms_eval.api.instance import GenerationResult as _GenerationResult
+except Exception:
+    _GenerationResult = None
+
+
+def scored(logprob: float, greedy: bool) -> tuple[float, bool]:
+    """A loglikelihood result: the pair ``(logprob, greedy)``, which lmms-eval's tasks read.
+
+    lmms-eval 0.7.3's evaluator passes every model output through ``unwrap_generation_output``,
+    which keeps a ``str`` or a ``GenerationResult``'s ``text`` and turns anything else into its
+    ``str``: a plain ``(float, bool)`` reaches ``multiple_choice``'s ``process_results`` as the
+    text ``"(-3.2, False)"`` and the task fails (measured, docs/lmms-eval.md). Where lmms-eval is
+    installed the pair is therefore also a ``GenerationResult`` whose ``text`` is the pair itself;
+    it is still a tuple to every other caller.
+    """
+    if _GenerationResult is None:
+        return (float(logprob), bool(greedy))
+    return _ScoredPair(float(logprob), bool(greedy))
+
+
+if _GenerationResult is not None:  # pragma: no cover - exercised only where lmms-eval is installed
+
+    class _ScoredPair(tuple, _GenerationResult):  # a tuple that lmms-eval unwraps as itself
+        def __new__(cls, logprob: float, greedy: bool) -> _ScoredPair:
+            return super().__new__(cls, (logprob, greedy))
+
+        def __init__(self, logprob: float, greedy: bool) -> None:
+            self.text = (logprob, greedy)  # what unwrap_generation_output hands to the task
+            self.token_counts = None
+
+        def __reduce__(self) -> tuple:  # pickled (response cache, gathers) as the plain pair
+            return (tuple, (tuple(self),))
 
 
 def manifest() -> list:
@@ -311,9 +347,16 @@ class StormLmms(_Base):
         return self._run_generation(requests, lambda r: r.args[1], run_batch)
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
-        """log p(continuation | context, visuals) summed over its tokens, and whether greedy decoding
-        would have produced it. Requests for one prompt (the options of a multiple-choice question)
-        are scored together: the prompt once, the continuations in one batch."""
+        """``(loss, greedy)`` per request: the mean negative log-likelihood of the continuation's
+        tokens after the context and its visuals, and whether greedy decoding would produce them.
+
+        The loss, not lm-eval-harness's summed log-probability: lmms-eval's own models return the
+        loss (``outputs.loss``), and its ``multiple_choice`` tasks pick the option with the lowest
+        first value (``np.argmin``); a log-probability there picks the least likely option (measured
+        on lmms-eval 0.7.3, docs/lmms-eval.md). The loss times the continuation's token count is
+        minus the sum storm-vlm's ``--scoring loglik`` ranks by (tested). Requests for one prompt
+        (the options of a question) are scored together: the prompt once, the options in one batch.
+        """
         from tqdm import tqdm
 
         groups: dict[tuple, list[int]] = {}
@@ -324,8 +367,8 @@ class StormLmms(_Base):
             for members in groups.values():
                 embeds, mask = self._loglik_prompt(requests[members[0]])
                 continuations = [self._continuation(requests[i]) for i in members]
-                for i, scored in zip(members, self._score_options(embeds, mask, continuations)):
-                    results[i] = scored
+                for i, (logprob, tokens, greedy) in zip(members, self._score_options(embeds, mask, continuations)):
+                    results[i] = scored(-logprob / tokens if tokens else 0.0, greedy)
                 bar.update(len(members))
         return results
 
@@ -363,10 +406,10 @@ class StormLmms(_Base):
 
     def _score_options(
         self, embeds: torch.Tensor, mask: torch.Tensor, continuations: list[str]
-    ) -> list[tuple[float, bool]]:
-        """(summed log-probability, greedy) of each continuation after one prompt.
+    ) -> list[tuple[float, int, bool]]:
+        """(summed log-probability, token count, greedy) of each continuation after one prompt.
 
-        The scores are :func:`~storm_vlm.eval.runner.option_logprobs`' (one prefill, the options in
+        The sums are :func:`~storm_vlm.eval.runner.option_logprobs`' (one prefill, the options in
         one batch). It returns sums only; whether greedy decoding picks each token (lmms-eval's
         ``exact_match``, and ``acc`` of loglikelihood tasks) is read from the logits of the same two
         forwards, caught with a forward hook, rather than paid for with another prefill.
@@ -375,11 +418,11 @@ class StormLmms(_Base):
 
         tokenizer = self.processor.tokenizer
         ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
-        scored = [i for i, option in enumerate(ids) if option]  # an empty continuation: log 1, and greedy
-        results = [(0.0, True)] * len(ids)
-        if not scored:
+        results = [(0.0, 0, True)] * len(ids)  # an empty continuation: log 1, and greedy
+        kept = [i for i, option in enumerate(ids) if option]
+        if not kept:
             return results
-        options = [ids[i] for i in scored]
+        options = [ids[i] for i in kept]
         logits: list[torch.Tensor] = []
 
         def keep(module: Any, args: Any, output: Any) -> None:
@@ -388,21 +431,21 @@ class StormLmms(_Base):
         handle = self.model.register_forward_hook(keep)
         try:
             with torch.inference_mode():
-                scores = option_logprobs(self.model, embeds, mask, options)
+                sums = option_logprobs(self.model, embeds, mask, options)
         finally:
             handle.remove()
         if len(logits) != 2:
             raise RuntimeError(f"option_logprobs ran {len(logits)} forwards, the greedy check expects 2")
         first, rest = logits[0][0, -1].argmax(-1), logits[1].argmax(-1)  # rest[i, j] predicts token j + 1
-        for row, (i, option) in enumerate(zip(scored, options)):
+        for row, (i, option) in enumerate(zip(kept, options)):
             target = torch.tensor(option[1:], device=rest.device)
             greedy = int(first) == option[0] and bool((rest[row, : len(option) - 1] == target).all())
-            results[i] = (scores[row], greedy)
+            results[i] = (sums[row], len(option), greedy)
         return results
 
     def _score(self, embeds: torch.Tensor, mask: torch.Tensor, continuation: str) -> tuple[float, bool]:
-        """The obvious way :meth:`_score_options` must agree with: prompt + continuation through the
-        whole model, one continuation per forward (tests)."""
+        """The obvious way :meth:`loglikelihood` must agree with: prompt + continuation through the
+        whole model, one continuation per forward; ``(mean loss over its tokens, greedy)`` (tests)."""
         ids = self.processor.tokenizer(continuation, add_special_tokens=False, return_tensors="pt")["input_ids"]
         ids = ids.to(self.model.device)
         with torch.inference_mode():
@@ -412,10 +455,9 @@ class StormLmms(_Base):
                 attention_mask=torch.cat([mask, torch.ones_like(ids)], 1),
             ).logits[0]
             n = ids.shape[1]
-            logprobs = torch.log_softmax(logits[-n - 1 : -1].float(), -1)
-            picked = logprobs.gather(-1, ids[0][:, None])[:, 0]
-            greedy = bool((logprobs.argmax(-1) == ids[0]).all())
-        return float(picked.sum()), greedy
+            loss = torch.nn.functional.cross_entropy(logits[-n - 1 : -1].float(), ids[0])
+            greedy = bool((logits[-n - 1 : -1].argmax(-1) == ids[0]).all())
+        return float(loss), greedy
 
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError("storm_vlm answers single-round tasks; multi-round generation is not supported")
