@@ -3,7 +3,7 @@
 Run:  .venv/bin/python benchmarks/streaming.py [--frames 1000] [--hidden 256]
 
 A causal STORM (bidirectional=False; SigLIP 64 px / 8 px patches → 16 tokens per frame, Qwen2
-width --hidden, 2 Mamba layers) receives frames one at a time through ``model.start_stream``
+width --hidden, 2 Mamba layers) receives frames one at a time through ``StormStream``
 (temporal pooling k=4, a window of 64 kept frames). Each frame's ``add_frames`` is timed; the
 median over the 25 frames from each checkpoint on is printed. Target: flat within 10%, because each
 frame only advances the carried conv/SSM state.
@@ -19,6 +19,7 @@ import torch
 from transformers import Qwen2Config, SiglipVisionConfig
 
 from storm_vlm import StormConfig, StormForConditionalGeneration
+from storm_vlm.streaming import StormStream
 
 WINDOW = 25  # frames timed from each checkpoint on
 
@@ -43,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     model = build(args.hidden)
-    stream = model.start_stream(max_frames=64)
+    stream = StormStream(model, max_frames=64)
     frame = torch.randn(1, 3, 64, 64)
     checkpoints = [c for c in (10, 100, 1000) if c <= args.frames]
     times: dict[int, list[float]] = {c: [] for c in checkpoints}

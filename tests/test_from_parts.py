@@ -255,7 +255,7 @@ def test_generation_stops_at_the_end_of_turn_without_being_told(llm, tmp_path):
     """from_parts puts the stop and pad ids in the generation config: no generate() call repeats them."""
     from transformers import AutoTokenizer
 
-    from storm_vlm.processing_storm import add_placeholder_tokens, stop_token_ids
+    from storm_vlm.tokens import add_placeholder_tokens, stop_token_ids
 
     save_part("siglip-vision", tmp_path, "saved")
     storm = StormForConditionalGeneration.from_parts(tmp_path, llm[0], temporal_layers=1)

@@ -257,3 +257,34 @@ def test_the_processor_layout_makes_generate_repeat_nothing(tiny):
         with pytest.raises(ValueError, match="same"):
             model(**inputs, video_reduction=torch.tensor([[4, 2, 1], [2, 2, 1]]))
     assert torch.equal(by_hand, by_layout)
+
+
+def test_video_and_image_features_and_placeholder_mask_as_transformers_vlms_give_them(tiny):
+    """get_video_features / get_image_features / get_placeholder_mask, on the built model: the
+    tokens are what forward splices in, a list of clips equals each clip alone, counts are checked."""
+    model, processor = tiny
+    clips = [torch.randn(4, 3, 32, 32), torch.randn(6, 3, 32, 32)]
+    settings = ReductionSettings(2, 2, 1)
+    with torch.no_grad():
+        listed = model.get_video_features(clips, settings=settings)
+        assert listed.last_hidden_state is None and len(listed.pooler_output) == 2
+        for clip, tokens in zip(clips, listed.pooler_output):
+            alone = model.get_video_features(clip[None], settings=settings)
+            assert alone.last_hidden_state.shape == (1, -(-len(clip) // 2), 4, model.config.hidden_size)
+            torch.testing.assert_close(tokens, alone.pooler_output[0], rtol=1e-5, atol=1e-5)
+        layout = torch.tensor([[2, 2, 1]])  # the processor's video_reduction row
+        assert torch.equal(model.get_video_features(clips[:1], video_reduction=layout).flat(), listed.pooler_output[0])
+        images = model.get_image_features(torch.randn(3, 3, 32, 32))
+        assert [t.shape[0] for t in images.pooler_output] == [16, 16, 16]  # one frame, N' = 16 tokens each
+        inputs = processor(processor.build_prompt("What?"), videos=[random_frames(4, 32)], return_tensors="pt")
+        features = model.get_video_features(inputs["pixel_values_videos"]).flat()
+        embeds = model.get_input_embeddings()(inputs["input_ids"])
+        image_mask, video_mask = model.model.get_placeholder_mask(inputs["input_ids"], embeds, video_features=features)
+        assert int(video_mask.sum()) == features.shape[0] and not image_mask.any()
+        spliced = embeds.masked_scatter(video_mask, features)
+        by_model = model.model.visual_inputs_embeds(inputs["input_ids"], inputs["pixel_values_videos"])[0]
+        assert torch.equal(spliced, by_model)
+        with pytest.raises(
+            ValueError, match="the prompt has 64 <video> placeholder tokens but the video input gives 63"
+        ):
+            model.model.get_placeholder_mask(inputs["input_ids"], embeds, video_features=features[:-1])

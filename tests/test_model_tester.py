@@ -45,6 +45,7 @@ from storm_vlm.presets import (
     tiny_text_config,
     tiny_tokenizer,
 )
+from storm_vlm.streaming import StormStream
 from storm_vlm.video import sample_frames, write_video
 
 from .conftest import tiny_clip_vision_config
@@ -396,7 +397,7 @@ def test_a_stream_answers_as_the_offline_path(tester, built):
     model, processor = built
     if tester.variant in ("storm", "clip"):  # bidirectional: must see the whole clip
         with pytest.raises(ValueError, match="bidirectional=False"):
-            model.start_stream()
+            StormStream(model)
         return
     frames = tester.frames(7)
     settings = {"temporal_pool": 2, "spatial_pool": 2}
@@ -405,7 +406,7 @@ def test_a_stream_answers_as_the_offline_path(tester, built):
     offline, streamed = _Record(), _Record()
     with torch.no_grad():
         ids = generate_new(model, inputs, steps, logits_processor=LogitsProcessorList([offline]))[0]
-    stream = model.start_stream(**settings)
+    stream = StormStream(model, model.reduction_settings(**settings))
     pixels = processor.preprocess_frames(frames)
     for lo, hi in [(0, 3), (3, 4), (4, 7)]:
         stream.add_frames(pixels[lo:hi])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from importlib.metadata import version
+from pathlib import Path
 
 import storm_vlm
 
@@ -45,3 +47,57 @@ def test_a_storm_class_registers_every_auto_class():
     assert AutoModelForImageTextToText._model_mapping[StormConfig].__name__ == "StormForConditionalGeneration"
     assert PROCESSOR_MAPPING[StormConfig].__name__ == "StormProcessor"
     assert sorted(storm_vlm.__all__) == sorted(storm_vlm._LAZY) and set(storm_vlm.__all__) <= set(dir(storm_vlm))
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Module → the package modules it imports at run time (module level or inside functions);
+    imports under ``if TYPE_CHECKING:`` are left out, as they never run."""
+    root = Path(storm_vlm.__file__).parent
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        tree = ast.parse(path.read_text())
+        skipped = {
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+            for inner in ast.walk(node)
+        }
+        targets = set()
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom) or id(node) in skipped or not node.level:
+                continue
+            kept = package.split(".")[: len(package.split(".")) - node.level + 1]  # `..` goes one up
+            base = ".".join([*kept, node.module] if node.module else kept)
+            for candidate in [base, *(f"{base}.{alias.name}" for alias in node.names)]:
+                if candidate in modules and candidate != name and modules[candidate].name != "__init__.py":
+                    targets.add(candidate)
+        graph[name] = targets
+    return graph
+
+
+def test_no_import_cycles():
+    """Data flows one way (video → processor → model → text): no module imports one that imports it back."""
+    graph = _package_imports()
+    assert "storm_vlm.tokens" in graph["storm_vlm.modeling.parts"]  # the walk sees imports at all
+
+    def on_a_cycle(start: str) -> bool:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            name = todo.pop()
+            if name == start:
+                return True
+            if name not in seen:
+                seen.add(name)
+                todo.extend(graph.get(name, ()))
+        return False
+
+    cycles = sorted(name for name in graph if on_a_cycle(name))
+    assert cycles == []
+    model_side = {m for m in graph if m.startswith("storm_vlm.modeling.")}
+    for module in model_side:  # the model never imports the processor, streaming or the pipelines
+        assert not graph[module] & {"storm_vlm.processing_storm", "storm_vlm.streaming", "storm_vlm.inference"}, module

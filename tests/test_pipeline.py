@@ -17,6 +17,7 @@ from storm_vlm.inference import ask, generate_answer, prepare_inputs
 from storm_vlm.modeling.modeling_storm import StormForConditionalGeneration
 from storm_vlm.presets import build_tiny
 from storm_vlm.serve import ServerConfig, create_app
+from storm_vlm.streaming import StormStream
 from storm_vlm.video import sample_frames
 
 from .conftest import random_frames
@@ -89,7 +90,7 @@ def test_serve_chat_generates_through_the_shared_step(media_root, generate_calle
 def test_stream_ask_generates_through_the_shared_step(generate_callers):
     torch.manual_seed(0)
     model, processor = build_tiny(bidirectional=False)
-    stream = model.start_stream(temporal_pool=2)
+    stream = StormStream(model, model.reduction_settings(temporal_pool=2))
     stream.add_frames(processor.preprocess_frames(random_frames(4)))
     prepared = stream.prepare(processor, "What happened?")  # what a scorer reads
     assert prepared.inputs_embeds.shape[:2] == prepared.attention_mask.shape == (1, prepared.prompt_tokens)

@@ -21,7 +21,8 @@ from storm_vlm import StormProcessor, StormVideoProcessor
 from storm_vlm.demo import DEMO_MODEL
 from storm_vlm.modeling.reduction import ReductionSettings
 from storm_vlm.presets import tiny_image_processor, tiny_tokenizer
-from storm_vlm.processing_storm import CHATML_TEMPLATE, PLAIN_TEMPLATE, flatten_content
+from storm_vlm.processing_storm import flatten_content
+from storm_vlm.tokens import CHATML_TEMPLATE, PLAIN_TEMPLATE
 from storm_vlm.video_processing_storm import pil_resize
 
 from .conftest import random_frames

@@ -9,6 +9,7 @@ from storm_vlm.modeling.mamba import MambaMixer
 from storm_vlm.modeling.reduction import ReductionSettings
 from storm_vlm.modeling.temporal import TemporalEncoder
 from storm_vlm.presets import build_tiny, temporal_config
+from storm_vlm.streaming import StormStream
 
 from .conftest import random_frames
 
@@ -53,7 +54,7 @@ def test_stream_tokens_equal_offline_tokens(causal, k, p, s):
     model, processor = causal
     pixels = processor.preprocess_frames(random_frames(13))  # 13 frames: ragged for k = 3, 4
     offline = model.get_visual_tokens(pixels[None], ReductionSettings(k, p, s))
-    stream = model.start_stream(temporal_pool=k, spatial_pool=p, temporal_sampling=s)
+    stream = StormStream(model, ReductionSettings(k, p, s))
     for lo, hi in [(0, 1), (1, 6), (6, 7), (7, 13)]:
         stream.add_frames(pixels[lo:hi])
     assert stream.frames_seen == 13
@@ -63,7 +64,7 @@ def test_stream_tokens_equal_offline_tokens(causal, k, p, s):
 def test_window_bounds_the_kept_tokens_and_ask_answers(causal):
     model, processor = causal
     pixels = processor.preprocess_frames(random_frames(10))
-    stream = model.start_stream(temporal_pool=2, max_frames=3)
+    stream = StormStream(model, model.reduction_settings(temporal_pool=2), max_frames=3)
     with pytest.raises(ValueError, match="no frames"):
         stream.ask(processor, "Anything?")
     for frame in pixels:
@@ -78,4 +79,4 @@ def test_window_bounds_the_kept_tokens_and_ask_answers(causal):
 def test_bidirectional_model_cannot_stream(tiny):
     model, _ = tiny
     with pytest.raises(ValueError, match="bidirectional=False"):
-        model.start_stream()
+        StormStream(model)

@@ -24,7 +24,8 @@ from .configuration_storm import StormConfig
 from .model_dir import atomic_directory
 from .modeling.modeling_storm import StormForConditionalGeneration
 from .modeling.parts import set_generation_tokens
-from .processing_storm import CHATML_TEMPLATE, StormProcessor, add_placeholder_tokens
+from .processing_storm import StormProcessor
+from .tokens import CHATML_TEMPLATE, add_placeholder_tokens
 
 if TYPE_CHECKING:
     from transformers.image_processing_utils import BaseImageProcessor

@@ -41,6 +41,7 @@ from transformers.video_processing_utils import VideoProcessorMixin
 
 from .configuration_storm import StormConfig
 from .modeling.reduction import ReductionSettings, num_visual_tokens
+from .tokens import IMAGE_TOKEN, VIDEO_TOKEN, add_placeholder_tokens, stop_token_ids
 from .video_processing_storm import StormVideoProcessor, StormVideosKwargs, image_processor_settings
 
 __all__ = [
@@ -52,35 +53,10 @@ __all__ = [
     "flatten_content",
 ]
 
-VIDEO_TOKEN = "<video>"
-IMAGE_TOKEN = "<image>"
-
 # The text each typed content part becomes (the media placeholder on a line of its own, as LLaVA
-# and build_prompt put it). The templates below render exactly this; the processor also flattens
+# and build_prompt put it). The templates (storm_vlm.tokens) render exactly this; the processor also flattens
 # parts itself, so templates that only know string content (older model dirs) work the same.
 _PART_TEXT = {"video": VIDEO_TOKEN + "\n", "image": IMAGE_TOKEN + "\n"}
-_CONTENT = (
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'video' %}<video>\n"
-    "{% elif part['type'] == 'image' %}<image>\n"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}"
-)
-# Qwen2's ChatML template, for tokenizers that have the ChatML tokens but no template.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n" + _CONTENT + "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-# A plain template for tokenizers with neither.
-PLAIN_TEMPLATE = (
-    "{% for message in messages %}{{ message['role'] | upper }}: " + _CONTENT + "\n{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
 
 Frames = np.ndarray | torch.Tensor  # (T, H, W, 3) uint8, (T, 3, H, W), or (H, W, 3) for one image
 
@@ -94,29 +70,6 @@ class StormProcessorKwargs(ProcessingKwargs, total=False):
     temporal_sampling: int | None
     training: bool | None
     videos_kwargs: StormVideosKwargs  # type: ignore[misc]  # a TypedDict field narrowed to STORM's keys
-
-
-def add_placeholder_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
-    """Add ``<video>`` and ``<image>`` as special tokens (and a chat template and pad token if
-    missing). Returns their ids ``(video_token_id, image_token_id)``."""
-    tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN, IMAGE_TOKEN]})
-    if tokenizer.chat_template is None:
-        has_chatml = "<|im_start|>" in tokenizer.get_vocab()
-        tokenizer.chat_template = CHATML_TEMPLATE if has_chatml else PLAIN_TEMPLATE
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    ids = cast(list[int], tokenizer.convert_tokens_to_ids([VIDEO_TOKEN, IMAGE_TOKEN]))  # a list in, a list out
-    return ids[0], ids[1]
-
-
-def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """EOS plus ChatML's ``<|im_end|>`` when the vocabulary has it (a base Qwen2's EOS is
-    ``<|endoftext|>``, but chat-formatted answers end with ``<|im_end|>``)."""
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    end_of_turn = tokenizer.get_vocab().get("<|im_end|>")
-    if end_of_turn is not None and end_of_turn not in ids:
-        ids.append(end_of_turn)
-    return ids
 
 
 def flatten_content(content: str | Sequence[dict[str, Any]]) -> str:

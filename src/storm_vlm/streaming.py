@@ -1,7 +1,7 @@
 """Streaming video through a causal STORM (paper §5, Table 7: "reuse prior states").
 
     model = StormForConditionalGeneration.from_pretrained(dir)      # bidirectional=False
-    stream = model.start_stream(temporal_pool=4, max_frames=64)
+    stream = StormStream(model, model.reduction_settings(temporal_pool=4), max_frames=64)
     for chunk in camera:                                             # (t, 3, H, W) pixel tensors
         stream.add_frames(chunk)
     print(stream.ask(processor, "What just happened?"))
@@ -42,9 +42,11 @@ class StormStream:
     def __init__(
         self,
         model: StormForConditionalGeneration,
-        settings: ReductionSettings,
+        settings: ReductionSettings | None = None,
         max_frames: int | None = None,
     ) -> None:
+        """``settings``: k / p / s (the model config's when None); ``max_frames`` bounds the reduced
+        frames kept for the LLM (a sliding window)."""
         if model.temporal is not None and model.config.bidirectional:
             raise ValueError(
                 "streaming needs a causal temporal module: build the model with bidirectional=False "
@@ -53,7 +55,7 @@ class StormStream:
         if max_frames is not None and max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {max_frames}")
         self.model = model
-        self.settings = settings
+        self.settings = settings if settings is not None else ReductionSettings.resolve(model.config)
         self.max_frames = max_frames
         self.frames_seen = 0
         self._state: list[BranchState] | None = None

@@ -118,7 +118,7 @@ def _predict(
             scores = option_logprobs(model, prepared.inputs_embeds, prepared.attention_mask, ids)
             letter: str | None = letters[max(range(len(scores)), key=scores.__getitem__)]
             raw = " ".join(f"{c}:{v:.3f}" for c, v in zip(letters, scores))
-            extra = {"scores": scores}  # full precision: raw_output rounds
+            extra: dict[str, Any] = {"scores": scores}  # full precision: raw_output rounds
         else:
             out = generate_answer(model, prepared, settings.max_new_tokens, do_sample=False)
             raw = processor.decode(out).strip()

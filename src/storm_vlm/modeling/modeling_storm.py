@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, cast
+from typing import ClassVar, cast
 
 import torch
 from torch import nn
@@ -46,9 +46,6 @@ from .mamba import SSMBranch, reset_default_init
 from .projector import Projector
 from .reduction import ReductionSettings, reduce_tokens, settings_for_budget
 from .temporal import TemporalEncoder
-
-if TYPE_CHECKING:
-    from ..streaming import StormStream
 
 __all__ = [
     "CHECKPOINT_RENAMES",
@@ -81,7 +78,13 @@ class StormVisualOutput(ModelOutput):
     """
 
     last_hidden_state: torch.Tensor | None = None
-    pooler_output: tuple[torch.Tensor, ...] = ()
+    pooler_output: tuple[torch.Tensor, ...] | None = None  # ModelOutput: every field but the first defaults to None
+
+    def flat(self) -> torch.Tensor:
+        """All clips' tokens in placeholder order, ``(Σ T'·N', D)``: what the placeholders take."""
+        if not self.pooler_output:
+            raise ValueError("no visual tokens: the video input holds no clip")
+        return torch.cat(self.pooler_output)
 
 
 def checkpoint_key(name: str) -> str:
@@ -348,9 +351,9 @@ class StormModel(StormPreTrainedModel):
         image_settings = _layout_settings(image_reduction, default, "image_reduction", explicit=settings is not None)
         videos = images = None
         if pixel_values_videos is not None:
-            videos = torch.cat(self.get_video_features(pixel_values_videos, settings=video_settings).pooler_output)
+            videos = self.get_video_features(pixel_values_videos, settings=video_settings).flat()
         if pixel_values is not None:
-            images = torch.cat(self.get_image_features(pixel_values, settings=image_settings).pooler_output)
+            images = self.get_image_features(pixel_values, settings=image_settings).flat()
         return self.embed_inputs(input_ids, videos, images)
 
     def forward(
@@ -519,23 +522,6 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
     def scan_cut(self) -> AbstractContextManager[None]:
         """The Mamba-usage diagnostic (:meth:`StormModel.scan_cut`)."""
         return self.model.scan_cut()
-
-    def start_stream(
-        self,
-        temporal_pool: int | None = None,
-        spatial_pool: int | None = None,
-        temporal_sampling: int | None = None,
-        max_frames: int | None = None,
-    ) -> StormStream:
-        """A live stream (causal models only): ``add_frames`` chunk by chunk, ``ask`` at any time.
-
-        k / p / s default to the config's; ``max_frames`` bounds the reduced frames kept for the
-        LLM (a sliding window). See :mod:`storm_vlm.streaming`.
-        """
-        from ..streaming import StormStream
-
-        settings = ReductionSettings.resolve(self.config, temporal_pool, spatial_pool, temporal_sampling)
-        return StormStream(self, settings, max_frames=max_frames)
 
     def forward(
         self,

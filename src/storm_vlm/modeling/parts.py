@@ -25,6 +25,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from ..configuration_storm import StormConfig
 from ..model_dir import ModelLoadError, loading_problem
+from ..tokens import add_placeholder_tokens, stop_token_ids
 
 if TYPE_CHECKING:
     from .modeling_storm import StormForConditionalGeneration
@@ -164,8 +165,6 @@ def _check_loading_info(path: str | Path, info: Mapping[str, Any], part: str) ->
 def set_generation_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """Stop at the end of the assistant turn and pad with the tokenizer's pad token, in the
     generation config (saved as generation_config.json): no caller's generate() repeats them."""
-    from ..processing_storm import stop_token_ids
-
     model.generation_config.eos_token_id = stop_token_ids(tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
@@ -183,8 +182,6 @@ def build_from_parts(
     ``tokenizer`` (the LLM's, loaded from ``llm_path`` when not given) gets the ``<video>`` /
     ``<image>`` placeholders, and the LLM's embeddings grow to hold them.
     """
-    from ..processing_storm import add_placeholder_tokens
-
     tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(llm_path)
     video_token_id, image_token_id = add_placeholder_tokens(tokenizer)
     vision = load_vision_tower(vision_path, dtype=dtype)

@@ -13,6 +13,7 @@ from typing import Any
 
 from transformers import StoppingCriteriaList
 
+from ..streaming import StormStream
 from .config import ServerConfig
 from .deadline import Deadline, DeadlineStop
 from .media import load_clip
@@ -54,8 +55,8 @@ class StreamService:
             raise ApiError(429, f"too many open streams ({cfg.max_streams}); delete one first", "rate_limit_error")
         body = body or StreamCreate()
         try:
-            stream = self.model.start_stream(body.temporal_pool, body.spatial_pool, body.temporal_sampling,
-                                             max_frames=cfg.stream_window)  # fmt: skip
+            settings = self.model.reduction_settings(body.temporal_pool, body.spatial_pool, body.temporal_sampling)
+            stream = StormStream(self.model, settings, max_frames=cfg.stream_window)
         except ValueError as err:
             raise ApiError(400, str(err)) from None
         sid = uuid.uuid4().hex[:16]
