@@ -86,6 +86,19 @@ def test_mvbench_layout(mvbench_root):
     assert [it.answer for it in items if it.task == "moving_direction"] == ["A", "B", "C", "A"]
 
 
+def test_mvbench_leaves_empty_answers_out_as_lmms_eval_does():
+    from storm_vlm.eval.items import MCItem, counts_in_accuracy
+
+    mv = MCItem("t/0", "t", "v.mp4", "q?", ["x", "y"], "A", benchmark="mvbench")
+    other = MCItem("t/1", "t", "v.mp4", "q?", ["x", "y"], "A", benchmark="videomme")
+    assert not counts_in_accuracy(mv, "  \n") and counts_in_accuracy(mv, "(A)") and counts_in_accuracy(other, "")
+    rows = [{"parsed": "A", "correct": True, "counted": True}, {"parsed": None, "correct": False, "counted": False},
+            {"parsed": "B", "correct": False, "counted": True}, {"error": "no video", "parsed": None}]  # fmt: skip
+    acc = runner_mod._accuracy(rows)
+    assert (acc["accuracy"], acc["left_out"], acc["unparsed"]) == (1 / 2, 1, 1)
+    assert acc["accuracy_with_errors_wrong"] == pytest.approx(1 / 3)  # the error row counts wrong, the empty one not
+
+
 def test_per_task_accuracy_against_hand_labels(mvbench_root, tmp_path, monkeypatch, tiny):
     model, processor = tiny
     model_dir = tmp_path / "model"
@@ -101,6 +114,7 @@ def test_per_task_accuracy_against_hand_labels(mvbench_root, tmp_path, monkeypat
         calls.append(item.id)
         row["parsed"] = hand[item.id]
         row["correct"] = hand[item.id] == item.answer
+        row["counted"] = True  # a hand-labelled answer is not empty (MVBench leaves empty ones out)
         return row
 
     monkeypatch.setattr(runner_mod, "_predict", predict)
