@@ -20,11 +20,12 @@ transformers applies it in reverse on save, so directories written before and af
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, cast
+from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar, cast
 
 import torch
 from torch import nn
@@ -57,6 +58,8 @@ __all__ = [
 ]
 
 Videos = torch.Tensor | Sequence[torch.Tensor]
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # storm-vlm 0.1 checkpoint keys → module names (LLaVA's renaming in transformers 5, for our parts)
 CHECKPOINT_RENAMES: tuple[tuple[str, str], ...] = (
@@ -304,6 +307,11 @@ class StormModel(StormPreTrainedModel):
             masks.append(mask.unsqueeze(-1).to(inputs_embeds.device))
         return masks[0], masks[1]
 
+    def placeholder_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``(B, S)`` mask of the ``<video>`` / ``<image>`` placeholder ids."""
+        ids = [t for t in (self.config.video_token_id, self.config.image_token_id) if t is not None]
+        return torch.isin(input_ids, torch.tensor(ids, device=input_ids.device))
+
     def embed_inputs(
         self,
         input_ids: torch.Tensor,
@@ -394,6 +402,17 @@ class StormModel(StormPreTrainedModel):
         )
 
 
+def _body_method(method: Callable[Concatenate[StormModel, P], R]) -> Callable[Concatenate[Any, P], R]:
+    """``method`` of :class:`StormModel`, called on the full model's ``.model`` (as transformers'
+    VLMs forward ``get_image_features``), with its signature and docstring."""
+
+    @functools.wraps(method)
+    def on_body(self: StormForConditionalGeneration, *args: P.args, **kwargs: P.kwargs) -> R:
+        return method(self.model, *args, **kwargs)
+
+    return on_body
+
+
 class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
     """The full STORM model: :class:`StormModel` as ``.model`` and the LM head as ``.lm_head``.
     ``forward`` and ``generate`` take token ids with placeholders and pixels.
@@ -464,64 +483,21 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Module) -> None:
         self.lm_head = value
 
-    # -- the vision path (StormModel's) --------------------------------------------------------
-    def reduction_settings(
-        self,
-        temporal_pool: int | None = None,
-        spatial_pool: int | None = None,
-        temporal_sampling: int | None = None,
-    ) -> ReductionSettings:
-        """The settings a call uses: explicit arguments, else the config; no sampling in training."""
-        return self.model.reduction_settings(temporal_pool, spatial_pool, temporal_sampling)
+    # -- the vision path: StormModel's methods, on the full model as well --------------------
+    reduction_settings = _body_method(StormModel.reduction_settings)
+    get_video_features = _body_method(StormModel.get_video_features)
+    get_image_features = _body_method(StormModel.get_image_features)
+    get_visual_tokens = _body_method(StormModel.get_visual_tokens)
+    encode_video = _body_method(StormModel.encode_video)
+    apply_temporal = _body_method(StormModel.apply_temporal)
+    embed_inputs = _body_method(StormModel.embed_inputs)
+    scan_cut = _body_method(StormModel.scan_cut)
 
     def settings_for_budget(self, budget: int, num_frames: int) -> ReductionSettings:
         """The least compression that fits ``budget`` visual tokens for ``num_frames`` frames, pooling
         in time no more than this model was trained to (``config.temporal_pool``; beyond it, the
         training-free sampling s). See :func:`~storm_vlm.modeling.reduction.settings_for_budget`."""
         return settings_for_budget(budget, num_frames, self.config.token_grid, max(self.config.temporal_pool, 1))
-
-    def get_video_features(
-        self,
-        pixel_values_videos: Videos,
-        video_reduction: torch.Tensor | None = None,
-        settings: ReductionSettings | None = None,
-    ) -> StormVisualOutput:
-        return self.model.get_video_features(pixel_values_videos, video_reduction, settings)
-
-    def get_image_features(
-        self,
-        pixel_values: torch.Tensor,
-        image_reduction: torch.Tensor | None = None,
-        settings: ReductionSettings | None = None,
-    ) -> StormVisualOutput:
-        return self.model.get_image_features(pixel_values, image_reduction, settings)
-
-    def get_visual_tokens(
-        self, pixel_values_videos: torch.Tensor, settings: ReductionSettings | None = None
-    ) -> torch.Tensor:
-        """Tokens after the temporal module and reduction. ``(B, T, 3, H, W) → (B, T', N', D)``."""
-        return self.model.get_visual_tokens(pixel_values_videos, settings)
-
-    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
-        """Vision tower + projector, per frame. ``(B, T, 3, H, W) → (B, T, N, D)``."""
-        return self.model.encode_video(frames)
-
-    def apply_temporal(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The temporal Mamba module (identity for the ``mlp`` baseline). ``(B, T, N, D)`` in and out."""
-        return self.model.apply_temporal(tokens)
-
-    def embed_inputs(
-        self,
-        input_ids: torch.Tensor,
-        video_embeds: torch.Tensor | None = None,
-        image_embeds: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text embeddings with visual tokens at the placeholders (:meth:`StormModel.embed_inputs`)."""
-        return self.model.embed_inputs(input_ids, video_embeds, image_embeds)
-
-    def scan_cut(self) -> AbstractContextManager[None]:
-        """The Mamba-usage diagnostic (:meth:`StormModel.scan_cut`)."""
-        return self.model.scan_cut()
 
     def forward(
         self,
@@ -557,24 +533,19 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
                 (k, p, s), as the processor returns them: the settings its placeholders were
                 expanded with, so ``model(**inputs)`` / ``generate(**inputs)`` repeat nothing.
         """
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if input_ids is not None:  # and so no inputs_embeds
-            explicit = any(v is not None for v in (temporal_pool, spatial_pool, temporal_sampling))
-            settings = self.reduction_settings(temporal_pool, spatial_pool, temporal_sampling) if explicit else None
-            inputs_embeds, visual = self.model.visual_inputs_embeds(
-                input_ids, pixel_values_videos, pixel_values, settings, video_reduction, image_reduction
-            )
-            if labels is not None:
-                labels = labels.masked_fill(visual, -100)
-        elif pixel_values_videos is not None or pixel_values is not None:
-            raise ValueError("pixel inputs need input_ids to locate the placeholder tokens, not inputs_embeds")
-        outputs = self.model.language_model(
-            inputs_embeds=inputs_embeds,
+        explicit = any(v is not None for v in (temporal_pool, spatial_pool, temporal_sampling))
+        outputs = self.model(
+            input_ids=input_ids,
             attention_mask=attention_mask,
+            pixel_values_videos=pixel_values_videos,
+            pixel_values=pixel_values,
             position_ids=position_ids,
             cache=cache,
+            inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            reduction=self.reduction_settings(temporal_pool, spatial_pool, temporal_sampling) if explicit else None,
+            video_reduction=video_reduction,
+            image_reduction=image_reduction,
             **kwargs,
         )
         hidden = outputs.last_hidden_state
@@ -582,6 +553,8 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden[:, keep, :])
         loss = None
         if labels is not None:
+            if input_ids is not None:  # placeholder positions never count in the loss
+                labels = labels.masked_fill(self.model.placeholder_positions(input_ids), -100)
             vocab = self.config.text_config.vocab_size
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=vocab, **kwargs)
         return CausalLMOutputWithPast(
