@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from storm_vlm.eval import load_benchmark, parse_letter, run_benchmark
 from storm_vlm.eval import runner as runner_mod
 from storm_vlm.eval.benchmarks import prompt_longvideobench, prompt_mvbench, prompt_videomme
 from storm_vlm.eval.items import MCItem
+from storm_vlm.presets import build_tiny
 
 from .media import make
 
@@ -109,8 +111,8 @@ def test_per_task_accuracy_against_hand_labels(mvbench_root, tmp_path, monkeypat
             "moving_direction/0": "A", "moving_direction/1": "C", "moving_direction/2": "D"}  # fmt: skip
     real_predict, calls = runner_mod._predict, []
 
-    def predict(model, processor, item, prompt, settings):
-        row = real_predict(model, processor, item, prompt, settings)  # real decode + model call
+    def predict(model, processor, item, prompt, settings, sampled=None):
+        row = real_predict(model, processor, item, prompt, settings, sampled)  # real decode + model call
         calls.append(item.id)
         row["parsed"] = hand[item.id]
         row["correct"] = hand[item.id] == item.answer
@@ -542,3 +544,32 @@ def test_batched_option_scores_equal_one_forward_per_option(tiny):
     assert max(range(4), key=fast.__getitem__) == max(range(4), key=slow.__getitem__)
     with pytest.raises(ValueError, match="at least one token"):
         option_logprobs(model, prepared.inputs_embeds, prepared.attention_mask, [ids[0], []])
+
+
+def test_batched_eval_gives_the_one_at_a_time_answers(mvbench_root, tmp_path):
+    """--batch-size: questions share one generate call (left-padded prompts of different lengths);
+    every row's answer equals the one-question run's, the missing video is still an error row."""
+    torch.manual_seed(0)
+    model, processor = build_tiny()
+    with torch.no_grad():  # varied greedy tokens: a fresh tiny model repeats one token, hiding padding errors
+        for param in model.language_model.parameters():
+            if param.dim() > 1:
+                param.normal_(0, 0.5)
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    runs = {}
+    for batch in (1, 4):
+        out = tmp_path / f"eval-b{batch}"
+        run_benchmark(model_dir, "mvbench", mvbench_root, [4], out=out, device="cpu", batch_size=batch)
+        rows = runner_mod._read_rows(sorted((out / "frames-4").glob("predictions*.jsonl")))
+        runs[batch] = {r["id"]: r for r in rows}
+    assert set(runs[1]) == set(runs[4]) and len(runs[1]) == 7
+    # 7 questions in calls of 4: the first 4, then 3 of which one has no video (an error row): 2 together
+    assert sorted(r["batch"] for r in runs[4].values() if "error" not in r) == [2, 2, 4, 4, 4, 4]
+    assert len({r["raw_output"] for r in runs[1].values() if "error" not in r}) > 1  # the answers differ
+    for key, row in runs[1].items():
+        batched = runs[4][key]
+        assert ("error" in row) == ("error" in batched), key
+        if "error" not in row:
+            assert (batched["raw_output"], batched["parsed"]) == (row["raw_output"], row["parsed"]), key

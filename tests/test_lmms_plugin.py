@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from storm_vlm.eval.lmms_eval_plugin import StormLmms, StormLmmsChat, left_pad
+from storm_vlm.eval.lmms_eval_plugin import StormLmms, StormLmmsChat
+from storm_vlm.inference import left_pad, until_stop
 from storm_vlm.limits import MAX_EVAL_BATCH_SIZE
 
 from .lmms_two_rank import (
@@ -82,16 +83,10 @@ def _tokens(plugin: StormLmms, requests, batch_size: int) -> list[list[int]]:
 
     prepared = [plugin._prepare(r.args[0], plugin._visuals(*r.args[2:])) for r in requests]
     gen = _Generation.read(requests[0].args[1], plugin.max_new_tokens)
-    stops = plugin._stops()
     out = []
     for lo in range(0, len(prepared), batch_size):
         for ids, limit in plugin._generate_ids(prepared[lo : lo + batch_size], gen):
-            kept = []
-            for token in ids.tolist()[:limit]:
-                kept.append(token)
-                if token in stops:
-                    break
-            out.append(kept)
+            out.append(until_stop(plugin.model, ids[:limit]))
     return out
 
 
@@ -113,7 +108,7 @@ def test_batched_generation_equals_one_request_at_a_time(plugin, docs):
         plugin.batch_size_per_gpu = 1
         free = _tokens(plugin, requests, 1)
         stop = free[0][2]  # a token the first answer emits third: some rows now stop early
-        plugin.model.generation_config.eos_token_id = [*plugin._stops(), stop]
+        plugin.model.generation_config.eos_token_id = [*plugin.model.generation_config.eos_token_id, stop]
         alone = _tokens(plugin, requests, 1)
         together = _tokens(plugin, requests, 3)
         assert together == alone

@@ -1,5 +1,6 @@
-"""One inference pipeline: ask, serve, live streams and the bench all generate through
-``inference.generate_answer``, and a caller's streamer changes nothing in the answer."""
+"""One inference pipeline: ask, eval, the lmms-eval plugin, serve, live streams and the bench all
+generate through ``inference.generate_batch`` (``generate_answer`` for one prompt), and a caller's
+streamer changes nothing in the answer."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def generate_callers(monkeypatch) -> list[CodeType]:
 
 
 def only_the_shared_step(callers: list[CodeType]) -> bool:
-    return bool(callers) and all(code is inference.generate_answer.__code__ for code in callers)
+    return bool(callers) and all(code is inference.generate_batch.__code__ for code in callers)
 
 
 class Recorder(BaseStreamer):

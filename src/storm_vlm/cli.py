@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .limits import (
+    MAX_EVAL_BATCH_SIZE,
     MAX_FPS,
     MAX_FRAMES,
     MAX_NEW_TOKENS,
@@ -243,6 +244,12 @@ def eval_(
         int | None, typer.Option(min=1, max=MAX_REDUCTION, help="s, test-time sampling (model default).")
     ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions.")] = None,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            min=1, max=MAX_EVAL_BATCH_SIZE, help="Questions per generate call (generate scoring; left-padded prompts)."
+        ),
+    ] = 1,
     token_budget: Annotated[
         int | None, typer.Option(min=1, help="Fit at most N visual tokens per question (chooses k, then s).")
     ] = None,
@@ -290,6 +297,7 @@ def eval_(
         token_budget=token_budget,
         scan_cut=mamba_usage,
         subtitles=subtitles,
+        batch_size=batch_size,
     )
 
 

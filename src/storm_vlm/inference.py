@@ -16,7 +16,7 @@ server, live streams and the bench all go through it).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +43,12 @@ __all__ = [
     "ask",
     "context_length",
     "generate_answer",
+    "generate_batch",
+    "left_pad",
     "load_model",
     "prepare_inputs",
     "ready_for_inference",
+    "until_stop",
 ]
 
 
@@ -275,31 +278,45 @@ def prepare_inputs(
     return PreparedInputs(embeds, ids["attention_mask"].to(device), int(visual.shape[0]), prompt_tokens, timer, room)
 
 
-def generate_answer(
+def left_pad(embeds: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(1, S_i, D)`` prompt embeddings and ``(1, S_i)`` masks as one ``(B, S, D)`` / ``(B, S)`` batch,
+    padded on the left (zeros, masked out): generate continues every row from its last position."""
+    longest = max(e.shape[1] for e in embeds)
+    first = embeds[0]
+    batch = first.new_zeros(len(embeds), longest, first.shape[2])
+    mask = masks[0].new_zeros(len(embeds), longest)
+    for row, (e, m) in enumerate(zip(embeds, masks)):
+        batch[row, longest - e.shape[1] :] = e[0]
+        mask[row, longest - m.shape[1] :] = m[0]
+    return batch, mask
+
+
+def generate_batch(
     model: StormForConditionalGeneration,
-    prepared: PreparedInputs,
+    prepared: Sequence[PreparedInputs],
     max_new_tokens: int,
     *,
     min_new_tokens: int | None = None,
     do_sample: bool | None = None,
     temperature: float | None = None,
     top_p: float | None = None,
-    streamer: BaseStreamer | None = None,
-    timed: bool = True,
     **generate_kwargs: Any,
 ) -> torch.Tensor:
-    """The answer's token ids ``(new,)``: the one generate step of every entry point.
+    """New token ids ``(B, new)`` for several prompts in one ``model.generate`` call: the one generate
+    step of every entry point (ask, eval, the lmms-eval plugin, serve, streams, bench).
 
-    The stop and pad ids are the model's generation config's (``set_generation_tokens``), so a
-    caller cannot pass others. ``do_sample=None`` leaves sampling to the generation config;
-    ``temperature`` / ``top_p`` apply only when sampling. ``streamer`` (a caller's, e.g. the
-    server's SSE text) sees every token, beside the clock that, when ``timed``, adds ``prefill``
-    (until the first new token exists) and ``decoding`` seconds to ``prepared.timer``.
-    ``min_new_tokens`` forces a length (benchmarks); other keywords go to ``model.generate``.
+    Prompts are left-padded (:func:`left_pad`); a single prompt runs unpadded, the reference the
+    batched rows are tested against. Rows that stop early are padded after their stop token. The
+    stop and pad ids are the model's generation config's (``set_generation_tokens``), so a caller
+    cannot pass others. ``do_sample=None`` leaves sampling to the generation config; ``temperature``
+    / ``top_p`` apply only when sampling; ``min_new_tokens`` forces a length (benchmarks); other
+    keywords (a ``streamer``, logits processors) go to ``model.generate``.
     """
     fixed = sorted({"eos_token_id", "pad_token_id"} & set(generate_kwargs))
     if fixed:
         raise TypeError(f"{', '.join(fixed)}: the stop and pad ids come from the model's generation config")
+    if not prepared:
+        raise ValueError("generate_batch needs at least one prompt")
     kwargs: dict[str, Any] = dict(generate_kwargs, max_new_tokens=max_new_tokens)
     if min_new_tokens is not None:
         kwargs["min_new_tokens"] = min_new_tokens
@@ -307,20 +324,52 @@ def generate_answer(
         kwargs["do_sample"] = do_sample
     if do_sample:
         kwargs.update({k: v for k, v in (("temperature", temperature), ("top_p", top_p)) if v is not None})
+    if len(prepared) == 1:
+        embeds, mask = prepared[0].inputs_embeds, prepared[0].attention_mask
+    else:
+        embeds, mask = left_pad([p.inputs_embeds for p in prepared], [p.attention_mask for p in prepared])
+    with torch.inference_mode():
+        return model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+
+
+def until_stop(model: StormForConditionalGeneration, ids: torch.Tensor) -> list[int]:
+    """One row of :func:`generate_batch`'s output up to and with its first stop token (the
+    generation config's): in a batch, rows that finished early are padded after it."""
+    eos = model.generation_config.eos_token_id
+    stops = {eos} if isinstance(eos, int) else set(eos or [])
+    kept = []
+    for token in ids.tolist():
+        kept.append(token)
+        if token in stops:
+            break
+    return kept
+
+
+def generate_answer(
+    model: StormForConditionalGeneration,
+    prepared: PreparedInputs,
+    max_new_tokens: int,
+    *,
+    streamer: BaseStreamer | None = None,
+    timed: bool = True,
+    **generate_kwargs: Any,
+) -> torch.Tensor:
+    """One prompt's answer, token ids ``(new,)``, through :func:`generate_batch`.
+
+    ``streamer`` (a caller's, e.g. the server's SSE text) sees every token, beside the clock that,
+    when ``timed``, adds ``prefill`` (until the first new token exists) and ``decoding`` seconds to
+    ``prepared.timer``. The other keywords are :func:`generate_batch`'s.
+    """
     timer = prepared.timer
     clock = _FirstTokenClock(timer) if timed else None
     streamers = [s for s in (clock, streamer) if s is not None]
-    with torch.inference_mode():
-        timer._sync()
-        started = time.perf_counter()
-        out = model.generate(
-            inputs_embeds=prepared.inputs_embeds,
-            attention_mask=prepared.attention_mask,
-            streamer=_Tee(*streamers) if streamers else None,
-            **kwargs,
-        )
-        timer._sync()
-        finished = time.perf_counter()
+    timer._sync()
+    started = time.perf_counter()
+    out = generate_batch(
+        model, [prepared], max_new_tokens, streamer=_Tee(*streamers) if streamers else None, **generate_kwargs
+    )
+    timer._sync()
+    finished = time.perf_counter()
     if clock is not None:
         first = clock.first_token_at if clock.first_token_at is not None else finished
         timer.timings["prefill"] = timer.timings.get("prefill", 0.0) + first - started

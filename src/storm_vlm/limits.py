@@ -34,7 +34,7 @@ MAX_REDUCTION = MAX_FRAMES  # k, p, s: pooling or sampling beyond the longest cl
 MAX_NEW_TOKENS = 1 << 20  # most tokens one answer may ask for (CLI, server); answers are also cut to the context
 
 # evaluation
-MAX_EVAL_BATCH_SIZE = 256  # requests one lmms-eval generate call may hold (each holds its clip's visual tokens)
+MAX_EVAL_BATCH_SIZE = 256  # questions one evaluation generate call may hold (each holds its clip's visual tokens)
 
 # generated data
 MAX_SYNTH_SAMPLES = 10_000_000  # clips of one set (a training sampler holds a permutation of them)

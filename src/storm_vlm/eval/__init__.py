@@ -50,6 +50,7 @@ def run_benchmark(
     fast: bool | None = None,
     scan_cut: bool = False,
     subtitles: str | Path | None = None,
+    batch_size: int = 1,
 ) -> dict[int, dict[str, Any]]:
     """Evaluate a model directory on a benchmark at one or more frame counts.
 
@@ -59,6 +60,7 @@ def run_benchmark(
     With ``scan_cut``, every question is scored twice, normally and under ``model.scan_cut()``, and
     each ``results.json`` gets a ``mamba_usage`` section (not applicable to the ``mlp`` baseline).
     ``subtitles``: the subtitle folder of a ``*_w_subtitle`` benchmark, when not the default.
+    ``batch_size``: questions per generate call (greedy answers equal one at a time: tested).
     """
     import torch
 
@@ -102,7 +104,9 @@ def run_benchmark(
         if token_budget is not None:
             reduction = model.settings_for_budget(token_budget, n)
             console.print(f"{n} frames, budget {token_budget} visual tokens → {reduction}")
-        settings = EvalSettings(num_frames=n, reduction=reduction, scoring=scoring, limit=limit, scan_cut=scan_cut)
+        settings = EvalSettings(
+            num_frames=n, reduction=reduction, scoring=scoring, limit=limit, scan_cut=scan_cut, batch_size=batch_size
+        )
         res = evaluate(model, processor, items, bench.prompt, settings, out / f"frames-{n}", config, problems, console)
         if res is not None:
             results[n] = res

@@ -48,7 +48,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -169,19 +169,6 @@ def _group_key(gen_kwargs: Any) -> str:
         return repr(gen_kwargs)
 
 
-def left_pad(embeds: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(1, S_i, D)`` prompt embeddings and ``(1, S_i)`` masks as one ``(B, S, D)`` / ``(B, S)`` batch,
-    padded on the left (zeros, masked out): generate continues every row from its last position."""
-    longest = max(e.shape[1] for e in embeds)
-    first = embeds[0]
-    batch = first.new_zeros(len(embeds), longest, first.shape[2])
-    mask = masks[0].new_zeros(len(embeds), longest)
-    for row, (e, m) in enumerate(zip(embeds, masks)):
-        batch[row, longest - e.shape[1] :] = e[0]
-        mask[row, longest - m.shape[1] :] = m[0]
-    return batch, mask
-
-
 class StormLmms(_Base):
     """A STORM model directory as an lmms-eval model ("simple" interface)."""
 
@@ -281,19 +268,12 @@ class StormLmms(_Base):
                                   None if room is None else room - n)  # fmt: skip
         return prepare_inputs(self.model, self.processor, self._clip(visuals), context, self.settings)
 
-    def _stops(self) -> set[int]:
-        eos = self.model.generation_config.eos_token_id
-        return {eos} if isinstance(eos, int) else set(eos or [])
-
     def _answer(self, ids: torch.Tensor, limit: int, until: list[str]) -> str:
         """One row of a generate output as text: up to its first stop token (a batch pads the rows
         that finished early), at most ``limit`` tokens, cut at the first ``until`` string."""
-        stops, kept = self._stops(), []
-        for token in ids.tolist()[:limit]:
-            kept.append(token)
-            if token in stops:
-                break
-        text = self.processor.decode(kept)
+        from ..inference import until_stop
+
+        text = self.processor.decode(until_stop(self.model, ids[:limit]))
         for stop in until:
             if stop and stop in text:
                 text = text.split(stop)[0]
@@ -302,15 +282,10 @@ class StormLmms(_Base):
     def _generate_ids(self, prepared: Sequence[Any], gen: _Generation) -> list[tuple[torch.Tensor, int]]:
         """One generate call for prompts of one batch: each row's output ids and its token limit
         (the asked number, capped so that prompt and answer fit the context)."""
+        from ..inference import generate_batch
+
         limits = [p.new_token_limit(gen.max_new_tokens) for p in prepared]
-        if len(prepared) == 1:  # the reference path: the prompt alone, no padding
-            embeds, mask = prepared[0].inputs_embeds, prepared[0].attention_mask
-        else:
-            embeds, mask = left_pad([p.inputs_embeds for p in prepared], [p.attention_mask for p in prepared])
-        with torch.inference_mode():
-            out = self.model.generate(
-                inputs_embeds=embeds, attention_mask=mask, **gen.generate_kwargs(max(limits))
-            )  # fmt: skip
+        out = generate_batch(self.model, prepared, **gen.generate_kwargs(max(limits)))
         return [(out[row], limit) for row, limit in enumerate(limits)]
 
     def _run_generation(
@@ -478,7 +453,7 @@ class StormLmmsChat(StormLmms):
     def generate_until(self, requests) -> list[str]:
         """Answers to ``(context, doc_to_messages, gen_kwargs, doc_id, task, split)`` requests,
         ``batch_size`` per generate call."""
-        from ..inference import context_length
+        from ..inference import PreparedInputs, context_length, generate_batch
 
         def run_batch(batch: list[Any], gen: _Generation) -> list[tuple[torch.Tensor, int]]:
             texts, videos, images = [], [], []
@@ -500,16 +475,23 @@ class StormLmmsChat(StormLmms):
             )
             device = self.model.device
             moved = {k: [v.to(device) for v in x] if isinstance(x, list) else x.to(device) for k, x in inputs.items()}
-            input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]  # tensors (padded)
-            prompt = int(input_ids.shape[1])
+            attention_mask = cast(torch.Tensor, moved["attention_mask"])  # (B, S), the processor's (left) padding
+            with torch.inference_mode():
+                embeds, _ = self.model.model.visual_inputs_embeds(
+                    moved["input_ids"],
+                    moved.get("pixel_values_videos"),
+                    moved.get("pixel_values"),
+                    video_reduction=moved.get("video_reduction"),
+                    image_reduction=moved.get("image_reduction"),
+                )
             room = context_length(self.model)
             lengths = [int(n) for n in attention_mask.sum(1)]  # each prompt without its padding
             limits = [
                 gen.max_new_tokens if room is None else max(1, min(gen.max_new_tokens, room - n)) for n in lengths
             ]
-            with torch.inference_mode():
-                out = self.model.generate(**moved, **gen.generate_kwargs(max(limits)))
-            return [(row[prompt:], limit) for row, limit in zip(out, limits)]
+            padded = PreparedInputs(embeds, attention_mask, 0, int(attention_mask.shape[1]))  # all rows at once
+            out = generate_batch(self.model, [padded], **gen.generate_kwargs(max(limits)))
+            return list(zip(out, limits))
 
         return self._run_generation(requests, lambda r: r.args[2], run_batch)
 

@@ -35,7 +35,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..inference import generate_answer, prepare_inputs
+from ..inference import generate_batch, prepare_inputs, until_stop
 from ..modeling.modeling_storm import StormForConditionalGeneration
 from ..modeling.reduction import ReductionSettings
 from ..processing_storm import StormProcessor
@@ -55,6 +55,7 @@ class EvalSettings:
     max_new_tokens: int = 16
     limit: int | None = None
     scan_cut: bool = False  # also score every question under model.scan_cut(): the Mamba-usage diagnostic
+    batch_size: int = 1  # questions per generate call (generate scoring; greedy rows equal one at a time)
 
 
 NOT_APPLICABLE = "the model has no temporal module (mlp baseline): the scan cut changes nothing, nothing to measure"
@@ -99,33 +100,10 @@ def _sample(item: MCItem, settings: EvalSettings) -> tuple[VideoClip, float]:
     return clip, time.perf_counter() - started
 
 
-def _predict(
-    model: StormForConditionalGeneration,
-    processor: StormProcessor,
-    item: MCItem,
-    prompt: str,
-    settings: EvalSettings,
-    sampled: tuple[VideoClip, float] | None = None,
-) -> dict[str, Any]:
-    """Score one question: its row. ``sampled`` (clip, decode seconds) reuses frames already decoded."""
-    clip, decode_s = sampled if sampled is not None else _sample(item, settings)
-    prepared = prepare_inputs(model, processor, clip, prompt, settings.reduction)
-    letters = LETTERS[: len(item.options)]
-    with torch.inference_mode():
-        gen_start = time.perf_counter()
-        if settings.scoring == "loglik":
-            ids = [processor.tokenizer(o, add_special_tokens=False)["input_ids"] for o in item.options]
-            scores = option_logprobs(model, prepared.inputs_embeds, prepared.attention_mask, ids)
-            letter: str | None = letters[max(range(len(scores)), key=scores.__getitem__)]
-            raw = " ".join(f"{c}:{v:.3f}" for c, v in zip(letters, scores))
-            extra: dict[str, Any] = {"scores": scores}  # full precision: raw_output rounds
-        else:
-            out = generate_answer(model, prepared, settings.max_new_tokens, do_sample=False)
-            raw = processor.decode(out).strip()
-            letter = parse_item_answer(item, raw)
-            extra = {"counted": counts_in_accuracy(item, raw)}
-        llm_s = time.perf_counter() - gen_start
-    timings = dict(prepared.timer.timings, decode=decode_s, llm=llm_s)
+Sampled = tuple[VideoClip, float]  # a question's clip and the seconds decoding it took
+
+
+def _row(item: MCItem, raw: str, letter: str | None, prepared: Any, clip: VideoClip, timings: dict) -> dict[str, Any]:
     return {
         "id": item.id,
         "task": item.task,
@@ -134,11 +112,57 @@ def _predict(
         "raw_output": raw,
         "parsed": letter,
         "correct": letter == item.answer,
-        **extra,
         "frames": len(clip),
         "visual_tokens": prepared.visual_tokens,
         "timings": timings,
     }
+
+
+def _predict(
+    model: StormForConditionalGeneration,
+    processor: StormProcessor,
+    item: MCItem,
+    prompt: str,
+    settings: EvalSettings,
+    sampled: Sampled | None = None,
+) -> dict[str, Any]:
+    """Score one question: its row. ``sampled`` (clip, decode seconds) reuses frames already decoded."""
+    sampled = sampled if sampled is not None else _sample(item, settings)
+    if settings.scoring != "loglik":
+        return _generate_rows(model, processor, [(item, prompt, sampled)], settings)[0]
+    clip, decode_s = sampled
+    prepared = prepare_inputs(model, processor, clip, prompt, settings.reduction)
+    letters = LETTERS[: len(item.options)]
+    with torch.inference_mode():
+        gen_start = time.perf_counter()
+        ids = [processor.tokenizer(o, add_special_tokens=False)["input_ids"] for o in item.options]
+        scores = option_logprobs(model, prepared.inputs_embeds, prepared.attention_mask, ids)
+        llm_s = time.perf_counter() - gen_start
+    letter = letters[max(range(len(scores)), key=scores.__getitem__)]
+    raw = " ".join(f"{c}:{v:.3f}" for c, v in zip(letters, scores))
+    timings = dict(prepared.timer.timings, decode=decode_s, llm=llm_s)
+    return {**_row(item, raw, letter, prepared, clip, timings), "scores": scores}  # full precision: raw rounds
+
+
+def _generate_rows(
+    model: StormForConditionalGeneration,
+    processor: StormProcessor,
+    batch: list[tuple[MCItem, str, Sampled]],
+    settings: EvalSettings,
+) -> list[dict[str, Any]]:
+    """Generated answers to several questions in one generate call (one question: unpadded), each
+    parsed as its benchmark parses it. ``llm`` seconds are the call's, shared out per question."""
+    prepared = [prepare_inputs(model, processor, clip, prompt, settings.reduction) for _, prompt, (clip, _) in batch]
+    gen_start = time.perf_counter()
+    out = generate_batch(model, prepared, settings.max_new_tokens, do_sample=False)
+    llm_s = (time.perf_counter() - gen_start) / len(batch)
+    rows = []
+    for (item, _, (clip, decode_s)), ids, ready in zip(batch, out, prepared):
+        raw = processor.decode(until_stop(model, ids)).strip()
+        timings = dict(ready.timer.timings, decode=decode_s, llm=llm_s)
+        row = _row(item, raw, parse_item_answer(item, raw), ready, clip, timings)
+        rows.append({**row, "counted": counts_in_accuracy(item, raw), "batch": len(batch)})
+    return rows
 
 
 def option_logprobs(
@@ -201,27 +225,70 @@ def option_logprobs_reference(
     return scores
 
 
-def _score(
+def _score_batch(
     model: StormForConditionalGeneration,
     processor: StormProcessor,
-    item: MCItem,
-    prompt: str,
+    batch: list[tuple[MCItem, str, Sampled]],
     settings: EvalSettings,
     cut: bool,
-) -> dict[str, Any]:
-    """One question's row; with ``cut``, scored again under ``model.scan_cut()`` on the same frames."""
+) -> list[dict[str, Any]]:
+    """The questions' rows; with ``cut``, each scored again under ``model.scan_cut()`` on the same
+    frames. Generate scoring runs the batch in one call, log-likelihood scoring one by one."""
+
+    def rows(batch: list[tuple[MCItem, str, Sampled]]) -> list[dict[str, Any]]:
+        if settings.scoring == "loglik" or len(batch) == 1:
+            return [_predict(model, processor, item, prompt, settings, sampled) for item, prompt, sampled in batch]
+        return _generate_rows(model, processor, batch, settings)
+
+    scored = rows(batch)
     if not cut:
-        return _predict(model, processor, item, prompt, settings)
-    clip, decode_s = _sample(item, settings)
-    row = _predict(model, processor, item, prompt, settings, sampled=(clip, decode_s))
-    with model.scan_cut():
-        under_cut = _predict(model, processor, item, prompt, settings, sampled=(clip, 0.0))  # decoded once
-    for key in ("raw_output", "parsed", "correct", "scores"):  # scores: loglik scoring only
-        if key in under_cut:
-            row[f"{key}_cut"] = under_cut[key]
-    row["changed"] = row["parsed_cut"] != row["parsed"]
-    row["timings_cut"] = {k: v for k, v in under_cut["timings"].items() if k != "decode"}
-    return row
+        return scored
+    with model.scan_cut():  # decoded once: the cut pass reuses the frames
+        under_cut = rows([(item, prompt, (clip, 0.0)) for item, prompt, (clip, _) in batch])
+    for row, other in zip(scored, under_cut):
+        for key in ("raw_output", "parsed", "correct", "scores"):  # scores: loglik scoring only
+            if key in other:
+                row[f"{key}_cut"] = other[key]
+        row["changed"] = row["parsed_cut"] != row["parsed"]
+        row["timings_cut"] = {k: v for k, v in other["timings"].items() if k != "decode"}
+    return scored
+
+
+def _error_row(item: MCItem, err: Exception) -> dict[str, Any]:
+    return {"id": item.id, "task": item.task, "duration_group": item.duration_group,
+            "answer": item.answer, "error": str(err).splitlines()[0]}  # fmt: skip
+
+
+def _score_shard_part(
+    model: StormForConditionalGeneration,
+    processor: StormProcessor,
+    items: list[MCItem],
+    prompt_fn: PromptFn,
+    settings: EvalSettings,
+    cut: bool,
+) -> list[dict[str, Any]]:
+    """Rows for a few questions, in order. A question whose video or prompt is bad becomes an error
+    row (reported, counted, the run goes on); if the batch's call itself fails on bad data, its
+    questions are scored one by one, so one bad question costs only its own row."""
+    rows: dict[str, dict[str, Any]] = {}
+    batch: list[tuple[MCItem, str, Sampled]] = []
+    for item in items:
+        try:
+            batch.append((item, prompt_fn(item), _sample(item, settings)))
+        except (VideoError, ValueError, OSError) as err:  # bad data: report, count, go on
+            rows[item.id] = _error_row(item, err)
+    parts = [batch] if batch else []
+    while parts:
+        part = parts.pop()
+        try:
+            for row in _score_batch(model, processor, part, settings, cut):
+                rows[row["id"]] = row
+        except (VideoError, ValueError, OSError) as err:
+            if len(part) == 1:
+                rows[part[0][0].id] = _error_row(part[0][0], err)
+            else:
+                parts += [[one] for one in part]
+    return [rows[item.id] for item in items]
 
 
 def _complete(row: dict[str, Any], fields: tuple[str, ...]) -> bool:
@@ -276,23 +343,21 @@ def evaluate(
     )
     with progress, mine.open("a") as sink:
         task = progress.add_task("eval", total=len(shard), acc="")
-        for item in shard:
-            try:
-                row = _score(model, processor, item, prompt_fn(item), settings, cut)
-            except (VideoError, ValueError, OSError) as err:  # bad data: report, count, go on
-                row = {"id": item.id, "task": item.task, "duration_group": item.duration_group,
-                       "answer": item.answer, "error": str(err).splitlines()[0]}  # fmt: skip
-            sink.write(json.dumps(row) + "\n")
-            sink.flush()
-            if "error" not in row:
-                answered += 1
-                correct += int(row["correct"])
-                correct_cut += int(row.get("correct_cut", False))
-                changed += int(row.get("changed", False))
-            acc = f"acc {correct / max(answered, 1):.3f}"
-            if cut:
-                acc += f", cut {correct_cut / max(answered, 1):.3f}, changed {changed / max(answered, 1):.3f}"
-            progress.update(task, advance=1, acc=acc)
+        for lo in range(0, len(shard), settings.batch_size):
+            for row in _score_shard_part(
+                model, processor, shard[lo : lo + settings.batch_size], prompt_fn, settings, cut
+            ):
+                sink.write(json.dumps(row) + "\n")
+                sink.flush()
+                if "error" not in row:
+                    answered += 1
+                    correct += int(row["correct"])
+                    correct_cut += int(row.get("correct_cut", False))
+                    changed += int(row.get("changed", False))
+                acc = f"acc {correct / max(answered, 1):.3f}"
+                if cut:
+                    acc += f", cut {correct_cut / max(answered, 1):.3f}, changed {changed / max(answered, 1):.3f}"
+                progress.update(task, advance=1, acc=acc)
     if state is not None and world > 1:
         state.wait_for_everyone()
     if rank != 0:
