@@ -90,6 +90,23 @@ def test_chat_template_loads_the_video_and_returns_model_inputs(tiny, tmp_path):
     assert _count(ids, processor.video_token_id) == processor.num_visual_tokens(2)
 
 
+def test_a_batch_of_conversations_some_without_video(tiny):
+    """Batched apply_chat_template where one conversation has no video: each row, left-padded,
+    gives the next-token logits its conversation gives alone."""
+    model, processor = tiny
+    frames = random_frames(4, 32)
+    with_video = [{"role": "user", "content": [{"type": "video", "video": frames}, {"type": "text", "text": "What?"}]}]
+    text_only = [{"role": "user", "content": [{"type": "text", "text": "Hello there, who are you?"}]}]
+    kw = dict(add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+    batch = processor.apply_chat_template([with_video, text_only], padding=True, **kw)
+    assert batch["pixel_values_videos"].shape[0] == 1
+    with torch.no_grad():
+        together = model(**batch).logits[:, -1]
+        for row, conversation in enumerate((with_video, text_only)):
+            alone = model(**processor.apply_chat_template(conversation, **kw)).logits[0, -1]
+            torch.testing.assert_close(together[row], alone, rtol=1e-4, atol=1e-4)
+
+
 def test_chat_template_loads_an_image_file(tiny, tmp_path):
     _, processor = tiny
     Image.fromarray(random_frames(1)[0]).save(tmp_path / "pic.png")

@@ -270,6 +270,10 @@ class StormVideoProcessor(VideoProcessorMixin):
 
 
 # -- input structure -------------------------------------------------------------------------------
+def _empty_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and not value
+
+
 def batch_videos(videos: Any) -> list:
     """A list of clips, each a path (``str``) or frames (array / tensor, ``(T, ...)``).
 
@@ -296,7 +300,8 @@ def batch_videos(videos: Any) -> list:
         if all(isinstance(v, (np.ndarray, torch.Tensor)) and v.ndim == 3 for v in videos):
             stack = torch.stack if isinstance(videos[0], torch.Tensor) else np.stack
             return [stack(list(videos))]
-        return [clip for item in videos for clip in batch_videos(item)]
+        # a batch of conversations: one without a video is an empty list and adds no clip
+        return [clip for item in videos if not _empty_list(item) for clip in batch_videos(item)]
     raise TypeError(
         f"a video must be a path, frames (array, tensor, list of PIL images) or a list of them, "
         f"got {type(videos).__name__}"
