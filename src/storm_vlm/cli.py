@@ -24,6 +24,7 @@ from .limits import (
     MAX_TEMPORAL_LAYERS,
     MIN_SYNTH_SIZE,
 )
+from .train.prepare import app as data_app
 
 app = typer.Typer(
     name="storm-vlm",
@@ -34,6 +35,7 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
+app.add_typer(data_app, name="data")
 
 
 def _print_version(value: bool) -> None:

@@ -7,9 +7,14 @@ The modules that enforce a bound import it from here; each names it in its own d
 from __future__ import annotations
 
 __all__ = [
+    "MAX_DATA_FILE_BYTES",
+    "MAX_DATA_SAMPLES",
     "MAX_EVAL_BATCH_SIZE",
     "MAX_FPS",
     "MAX_FRAMES",
+    "MAX_GROUP_BATCHES",
+    "MAX_MIXTURE_BYTES",
+    "MAX_MIXTURE_SOURCES",
     "MAX_NEW_TOKENS",
     "MAX_PIXELS",
     "MAX_REDUCTION",
@@ -43,3 +48,10 @@ MIN_SYNTH_SIZE, MAX_SYNTH_SIZE = 8, 1024  # frame side in pixels (below 8 the sq
 # benchmark data
 MAX_SUBTITLE_BYTES = 1 << 23  # a subtitle file (.srt / .json) larger than 8 MiB is refused before it is read
 MAX_SUBTITLE_CHARS = 1 << 16  # subtitle text one question may show (the lines chosen for its frames); more is refused
+
+# training data (storm_vlm.train.data / mixture / prepare)
+MAX_DATA_FILE_BYTES = 1 << 33  # 8 GiB: one JSON annotation file (read whole; LLaVA-Video's largest is 0.7 GB)
+MAX_DATA_SAMPLES = 100_000_000  # samples of one data file, converted output or mixture (index arrays in memory)
+MAX_MIXTURE_BYTES = 1 << 20  # a mixture YAML larger than 1 MiB is refused before it is parsed
+MAX_MIXTURE_SOURCES = 1024  # sources one mixture may list
+MAX_GROUP_BATCHES = 65_536  # batches per length-grouping window (data.group_size)

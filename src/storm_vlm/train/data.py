@@ -7,23 +7,32 @@ Format (LLaVA style), paths relative to a media root::
                         {"from": "gpt", "value": "A dog runs in."}]},
      {"id": "i1", "image": "imgs/x.jpg", "conversations": [...]}]
 
-Decoding runs in DataLoader workers. A sample that cannot be used (missing or unreadable media, a
+A video sample may mark its video with ``<image>`` instead of ``<video>`` (LLaVA-NeXT and
+LLaVA-Video-178K do): the ``video`` field says what the placeholder stands for.
+
+Decoding runs in DataLoader workers (``data.num_workers``). The samples are held as one byte buffer
+(:class:`SampleStore`), not a list of dicts, so forked workers share it instead of copying it page
+by page as reference counts change. A sample that cannot be used (missing or unreadable media, a
 malformed entry, a conversation without the placeholder, longer than the context) becomes a
 :class:`BadSample` that the collator drops and counts, so one bad sample never kills an epoch;
-``strict=True`` raises instead.
+``strict=True`` raises instead. :class:`LengthGroupedSampler` batches samples of similar length
+(fewer pad tokens), in an order fixed by (seed, epoch) like :class:`SeededSampler`'s.
 """
 
 from __future__ import annotations
 
 import json
 import reprlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..limits import MAX_DATA_FILE_BYTES, MAX_DATA_SAMPLES
 from ..modeling.reduction import ReductionSettings
 from ..processing_storm import IMAGE_TOKEN, VIDEO_TOKEN, StormProcessor
 from ..video import VideoError, sample_frames
@@ -34,7 +43,9 @@ if TYPE_CHECKING:
 __all__ = [
     "BadSample",
     "DataError",
+    "LengthGroupedSampler",
     "LlavaVideoDataset",
+    "SampleStore",
     "SeededSampler",
     "StormCollator",
     "SynthVideoDataset",
@@ -58,10 +69,17 @@ class BadSample:
 
 
 def read_samples(path: str | Path) -> list[dict[str, Any]]:
-    """Load the JSON list (or JSON-lines) of samples, with one clear error for a malformed file."""
+    """Load the JSON list (or JSON-lines) of samples, with one clear error for a malformed file.
+
+    Bounded: a file over ``MAX_DATA_FILE_BYTES`` or with more than ``MAX_DATA_SAMPLES`` samples is
+    refused (it is read whole, and the samplers hold index arrays of its length).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
+    size = path.stat().st_size
+    if size > MAX_DATA_FILE_BYTES:
+        raise DataError(f"{path}: {size:,} bytes, more than the {MAX_DATA_FILE_BYTES:,} a data file may have")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -77,7 +95,55 @@ def read_samples(path: str | Path) -> list[dict[str, Any]]:
         raise DataError(f"{path}: JSON nested too deeply to be training samples") from None
     if not isinstance(samples, list) or not samples:
         raise DataError(f"{path}: expected a non-empty JSON list of samples")
+    if len(samples) > MAX_DATA_SAMPLES:
+        raise DataError(f"{path}: {len(samples):,} samples, more than the {MAX_DATA_SAMPLES:,} a data file may have")
     return samples
+
+
+class SampleStore(Sequence):
+    """Samples as one compact buffer of JSON bytes plus offsets; ``store[i]`` parses sample ``i``.
+
+    A Python list of dicts in the main process is copied into every forked DataLoader worker bit by
+    bit (reading an object writes its reference count, which dirties its page): with a million
+    samples and 8 workers that is gigabytes. Two numpy arrays are never written, so they stay shared.
+    Text statistics for length grouping are taken while the samples are serialised.
+    """
+
+    def __init__(self, samples: Sequence[Any]) -> None:
+        blobs = [json.dumps(sample, ensure_ascii=False).encode("utf-8") for sample in samples]
+        self._offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in blobs], out=self._offsets[1:])
+        self._buffer = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+        self.text_chars = np.array([_text_chars(sample) for sample in samples], dtype=np.int64)
+        self.media = np.array([_media_kind(sample) for sample in samples], dtype=np.int8)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, index: Any) -> Any:
+        if not isinstance(index, int):
+            raise TypeError("a SampleStore is indexed by one int")
+        if index < 0:
+            index += len(self)
+        start, end = int(self._offsets[index]), int(self._offsets[index + 1])
+        return json.loads(self._buffer[start:end].tobytes())
+
+
+NO_MEDIA, IMAGE, VIDEO = 0, 1, 2
+
+
+def _media_kind(sample: Any) -> int:
+    if not isinstance(sample, dict):
+        return NO_MEDIA
+    return VIDEO if "video" in sample else IMAGE if "image" in sample else NO_MEDIA
+
+
+def _text_chars(sample: Any) -> int:
+    """Characters of a sample's turns: the text part of its length estimate (about 4 per token)."""
+    turns = sample.get("conversations") if isinstance(sample, dict) else None
+    if not isinstance(turns, list):
+        return 0
+    return sum(len(t["value"]) for t in turns if isinstance(t, dict) and isinstance(t.get("value"), str))
 
 
 def encode_conversation(
@@ -88,7 +154,8 @@ def encode_conversation(
     The chat template renders prefixes of the conversation: text up to each assistant answer is
     context (masked), the answer and its end-of-turn token are targets. ``media`` is ``"video"``,
     ``"image"`` or ``None``; its placeholder must appear exactly once and is expanded to
-    ``visual_tokens`` placeholder tokens.
+    ``visual_tokens`` placeholder tokens. For a video, one ``<image>`` (and no ``<video>``) is
+    taken as its placeholder.
     """
     if not isinstance(conversations, list) or not conversations:
         raise DataError("`conversations` must be a non-empty list")
@@ -103,6 +170,11 @@ def encode_conversation(
         raise DataError("the conversation has no assistant turn to learn from")
     text = "".join(m["content"] for m in messages)
     counts = {VIDEO_TOKEN: text.count(VIDEO_TOKEN), IMAGE_TOKEN: text.count(IMAGE_TOKEN)}
+    if media == "video" and counts == {VIDEO_TOKEN: 0, IMAGE_TOKEN: 1}:
+        # LLaVA-NeXT / LLaVA-Video-178K mark a video with <image>; the `video` field says what it is
+        for m in messages:
+            m["content"] = m["content"].replace(IMAGE_TOKEN, VIDEO_TOKEN)
+        counts = {VIDEO_TOKEN: 1, IMAGE_TOKEN: 0}
     expected = {VIDEO_TOKEN: int(media == "video"), IMAGE_TOKEN: int(media == "image")}
     if counts != expected:
         want = f"one {VIDEO_TOKEN if media == 'video' else IMAGE_TOKEN}" if media else "no placeholder"
@@ -140,7 +212,7 @@ class LlavaVideoDataset(Dataset):
 
     def __init__(
         self,
-        samples: list[dict[str, Any]],
+        samples: Sequence[Any],
         processor: StormProcessor,
         media_root: str | Path,
         num_frames: int,
@@ -148,7 +220,7 @@ class LlavaVideoDataset(Dataset):
         max_length: int,
         strict: bool = False,
     ) -> None:
-        self.samples = samples
+        self.samples = samples if isinstance(samples, SampleStore) else SampleStore(samples)
         self.processor = processor
         self.media_root = Path(media_root)
         self.num_frames = num_frames
@@ -158,6 +230,18 @@ class LlavaVideoDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def lengths(self) -> np.ndarray:
+        """Estimated tokens per sample, without decoding anything: the visual tokens of
+        ``num_frames`` frames (one for an image) plus a quarter of the text's characters.
+
+        Good enough to group samples of similar length; a clip shorter than ``num_frames`` gives
+        fewer visual tokens than estimated.
+        """
+        per_video = self.processor.num_visual_tokens(self.num_frames, self.settings)
+        per_image = self.processor.num_visual_tokens(1, self.settings)
+        visual = np.select([self.samples.media == VIDEO, self.samples.media == IMAGE], [per_video, per_image], 0)
+        return visual + self.samples.text_chars // 4 + 1
 
     def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
         try:
@@ -245,7 +329,8 @@ class SynthVideoDataset(Dataset):
 def build_dataset(
     data: DataConfig, processor: StormProcessor, settings: ReductionSettings, seed: int
 ) -> LlavaVideoDataset | SynthVideoDataset:
-    """The dataset a recipe's ``data`` section names: a LLaVA-style JSON file, or generated clips."""
+    """The dataset a recipe's ``data`` section names: a LLaVA-style JSON file, or generated clips
+    (a mixture file is ``storm_vlm.train.mixture``'s)."""
     if data.synth is not None:
         synth = data.synth
         return SynthVideoDataset(
@@ -258,7 +343,7 @@ def build_dataset(
             settings,
         )
     return LlavaVideoDataset(
-        read_samples(data.json),
+        SampleStore(read_samples(data.json)),
         processor,
         data.media_root,
         data.num_frames,
@@ -326,8 +411,50 @@ class SeededSampler(Sampler[int]):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return torch.randperm(self.size, generator=g).tolist()
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         return iter(self.order()[self.skip :])
 
     def __len__(self) -> int:
         return self.size - self.skip
+
+
+class LengthGroupedSampler(SeededSampler):
+    """Batches of samples of similar length, in an order fixed by (seed, epoch); resumable.
+
+    The seeded shuffle of :class:`SeededSampler` is cut into windows of ``group_size`` batches;
+    each window is sorted by length (longest first) and cut into batches, and the windows' batches
+    are shuffled in blocks of ``num_processes`` (so that the processes of one step get batches of
+    one window: similar lengths, similar step times). Every window but the last holds whole
+    batches, so the DataLoader's batches are exactly these, and skipping ``k`` whole global batches
+    of the order (what a resumed run does) lands on the same batch as an uninterrupted run.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int] | np.ndarray,
+        batch_size: int,
+        seed: int,
+        group_size: int = 64,
+        num_processes: int = 1,
+    ) -> None:
+        super().__init__(len(lengths), seed, shuffle=True)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size, self.group_size, self.num_processes = batch_size, group_size, num_processes
+
+    def order(self) -> list[int]:
+        shuffled = np.asarray(super().order(), dtype=np.int64)
+        window = self.batch_size * self.num_processes * self.group_size
+        rng = np.random.default_rng([self.seed, self.epoch, 1])
+        out: list[int] = []
+        for start in range(0, len(shuffled), window):
+            chunk = shuffled[start : start + window]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            step = self.batch_size * self.num_processes  # one step's batches over every process
+            blocks = [chunk[i : i + step] for i in range(0, len(chunk), step)]
+            whole = [b for b in blocks if len(b) == step]
+            tail = [b for b in blocks if len(b) != step]  # only in the last window: it stays last
+            for i in rng.permutation(len(whole)):
+                out += whole[i].tolist()
+            for b in tail:
+                out += b.tolist()
+        return out

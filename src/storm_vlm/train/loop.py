@@ -36,7 +36,7 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
+from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import set_seed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -47,7 +47,8 @@ from ..model_dir import atomic_directory, share_like_umask
 from ..modeling.modeling_storm import StormForConditionalGeneration
 from ..modeling.reduction import ReductionSettings
 from ..processing_storm import StormProcessor
-from .data import DataError, SeededSampler, StormCollator, build_dataset
+from .data import DataError, LengthGroupedSampler, SeededSampler, StormCollator
+from .mixture import build_training_dataset
 from .recipe import RecipeError, TrainRecipe
 from .stages import configure_stage, module_of, param_groups
 
@@ -484,10 +485,29 @@ def _model_for_stage(recipe: TrainRecipe) -> tuple[StormForConditionalGeneration
 def _data(
     recipe: TrainRecipe, model: StormForConditionalGeneration, processor: StormProcessor
 ) -> tuple[Any, SeededSampler, DataLoader]:
-    """The dataset, its seeded (resumable) sampler and the loader."""
+    """The dataset, its seeded (resumable) sampler and the loader.
+
+    With ``data.group_by_length`` the sampler batches samples of similar estimated length, in
+    windows whose blocks of one step's batches (every process's) stay together. Decoding runs in
+    ``data.num_workers`` worker processes; the sampler's order is drawn in the main process, so
+    workers change nothing about which samples a step sees, and resume stays exact.
+    """
     settings = ReductionSettings.resolve(model.config, training=True)
-    dataset = build_dataset(recipe.data, processor, settings, recipe.seed)
-    sampler = SeededSampler(len(dataset), recipe.seed)
+    dataset = build_training_dataset(recipe.data, processor, settings, recipe.seed)
+    sampler: SeededSampler
+    if recipe.data.group_by_length:
+        lengths = getattr(dataset, "lengths", None)
+        if lengths is None:
+            raise RecipeError("data.group_by_length needs data.json or data.mixture (generated clips are one length)")
+        sampler = LengthGroupedSampler(
+            lengths(),
+            recipe.optim.batch_size,
+            recipe.seed,
+            group_size=recipe.data.group_size,
+            num_processes=PartialState().num_processes,
+        )
+    else:
+        sampler = SeededSampler(len(dataset), recipe.seed)
     loader = DataLoader(
         dataset,
         batch_size=recipe.optim.batch_size,
@@ -589,7 +609,7 @@ def configure_stage_with_lora(model: StormForConditionalGeneration, stage: int) 
 
 def _refuse_bad_data(recipe: TrainRecipe, skipped: list[str]) -> None:
     """No sample could be used: a "trained" model would be the initial one. One line, the first reason."""
-    source = recipe.data.json or "data.synth"
+    source = recipe.data.json or recipe.data.mixture or "data.synth"
     first = f"; the first: {' '.join(skipped[0].split())}" if skipped else ""
     raise DataError(
         f"{source}: no sample could be used ({len(skipped)} skipped as bad{first}); no final model was saved"

@@ -16,7 +16,14 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from ..limits import MAX_FRAMES, MAX_REDUCTION, MAX_SYNTH_SAMPLES, MAX_SYNTH_SIZE, MIN_SYNTH_SIZE
+from ..limits import (
+    MAX_FRAMES,
+    MAX_GROUP_BATCHES,
+    MAX_REDUCTION,
+    MAX_SYNTH_SAMPLES,
+    MAX_SYNTH_SIZE,
+    MIN_SYNTH_SIZE,
+)
 from ..synth import check_clip_args
 
 __all__ = ["DataConfig", "InitConfig", "OptimConfig", "RecipeError", "SynthDataConfig", "TrainRecipe", "load_recipe"]
@@ -51,11 +58,14 @@ class SynthDataConfig:
 @dataclass
 class DataConfig:
     json: str = ""  # LLaVA-style list of samples
+    mixture: str = ""  # or a mixture YAML of several such files (storm_vlm.train.mixture; configs/mixtures/)
     synth: SynthDataConfig | None = None  # or generated clips (then json is unused)
-    media_root: str = "."  # "video"/"image" paths are relative to it
-    num_frames: int = 32  # frames sampled uniformly per video
+    media_root: str = "."  # "video"/"image" paths are relative to it (a mixture names its own per source)
+    num_frames: int = 32  # frames sampled uniformly per video (a mixture source may set its own)
     max_length: int = 4096  # samples longer than this (visual tokens included) are skipped
-    num_workers: int = 0  # DataLoader workers decoding video
+    num_workers: int = 0  # DataLoader worker processes decoding video (0: in the training process)
+    group_by_length: bool = False  # batch samples of similar estimated length (fewer pad tokens)
+    group_size: int = 64  # batches per length-grouping window (larger: closer lengths, less randomness)
     strict: bool = False  # fail on the first bad sample instead of skipping it
 
 
@@ -102,8 +112,15 @@ class TrainRecipe:
             raise RecipeError("give exactly one of `model` (a model directory) or `init` (a new model)")
         if self.init is not None and (self.init.preset is None) == (self.init.vision is None or self.init.llm is None):
             raise RecipeError("init needs either `preset` or both `vision` and `llm`")
-        if bool(self.data.json) == (self.data.synth is not None):
-            raise RecipeError("give exactly one of data.json (a LLaVA-style JSON file) or data.synth (generated clips)")
+        if bool(self.data.json) + bool(self.data.mixture) + (self.data.synth is not None) != 1:
+            raise RecipeError(
+                "give exactly one of data.json (a LLaVA-style JSON file), data.mixture (a mixture YAML) "
+                "or data.synth (generated clips)"
+            )
+        if self.data.num_workers < 0:
+            raise RecipeError(f"data.num_workers must be >= 0, got {self.data.num_workers!r}")
+        if not 1 <= self.data.group_size <= MAX_GROUP_BATCHES:
+            raise RecipeError(f"data.group_size must be 1 to {MAX_GROUP_BATCHES:,}, got {self.data.group_size!r}")
         if self.data.synth is not None:
             synth = self.data.synth
             if not 1 <= synth.samples <= MAX_SYNTH_SAMPLES:  # the sampler holds a permutation of them
