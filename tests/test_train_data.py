@@ -12,7 +12,10 @@ from storm_vlm.train.data import (
     IGNORE,
     BadSample,
     DataError,
+    LengthGroupedSampler,
     LlavaVideoDataset,
+    SampleStore,
+    SeededSampler,
     StormCollator,
     encode_conversation,
     read_samples,
@@ -159,3 +162,93 @@ def test_malformed_turns_are_a_data_error(tiny, turn):
     _, processor = tiny
     with pytest.raises(DataError, match="malformed turn"):
         encode_conversation(processor, [turn, {"from": "gpt", "value": "ok"}], None, 0)
+
+
+# --- issue 20: <image> for videos, the shared sample store, length grouping, mixtures in training ---
+
+
+def test_a_video_sample_may_mark_its_video_with_image(tiny):
+    _, processor = tiny
+    conv = [{"from": "human", "value": "<image>\nWhat happens?"}, {"from": "gpt", "value": "A dog runs in."}]
+    ids, _ = encode_conversation(processor, conv, "video", visual_tokens=5)
+    reference, _ = encode_conversation(
+        processor, [conv[0] | {"value": "<video>\nWhat happens?"}, conv[1]], "video", visual_tokens=5
+    )
+    assert ids == reference and ids.count(processor.video_token_id) == 5
+    with pytest.raises(DataError, match="must contain one <video>"):  # both placeholders: still refused
+        encode_conversation(processor, [conv[0] | {"value": "<image><video>"}, conv[1]], "video", 5)
+    with pytest.raises(DataError, match="must contain one <image>"):  # an image sample is not a video
+        encode_conversation(processor, [conv[0] | {"value": "<video>"}, conv[1]], "image", 5)
+
+
+def test_sample_store_round_trips_and_measures_text():
+    samples = [{"id": "é", "video": "a.mp4", "conversations": [{"from": "human", "value": "abcd"}]}, "odd", {"x": 1}]
+    store = SampleStore(samples)
+    assert len(store) == 3 and [store[i] for i in range(3)] == samples and store[-1] == {"x": 1}
+    assert store.text_chars.tolist() == [4, 0, 0] and store.media.tolist() == [2, 0, 0]
+
+
+def test_length_grouped_batches_are_similar_seeded_and_resumable():
+    lengths = [(i * 37) % 101 for i in range(200)]
+    sampler = LengthGroupedSampler(lengths, batch_size=4, seed=1, group_size=5, num_processes=2)
+    order = sampler.order()
+    assert sorted(order) == list(range(200))  # every sample once
+    assert order == LengthGroupedSampler(lengths, 4, 1, 5, 2).order()  # fixed by the seed
+    assert order != LengthGroupedSampler(lengths, 4, 2, 5, 2).order()
+    sampler.start_epoch(1)
+    assert sampler.order() != order  # another epoch, another order
+    spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in zip(*[iter(order)] * 4)]
+    shuffled = SeededSampler(200, 1).order()
+    random_spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in zip(*[iter(shuffled)] * 4)]
+    assert sum(spread) * 4 < sum(random_spread)
+    # the steps' blocks (2 processes x 4) come from one window: a resumed run skips whole blocks
+    fresh = LengthGroupedSampler(lengths, 4, 1, 5, 2)
+    fresh.start_epoch(1)
+    sampler.start_epoch(1, skip=3 * 8)
+    assert list(sampler) == fresh.order()[24:] and len(sampler) == 200 - 24
+
+
+def _losses(out):
+    return [json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_mixture_with_length_grouping_and_workers_resumes_exactly(data, tmp_path):
+    """Decoding in 2 worker processes and a resumed run give the losses of one uninterrupted
+    in-process run, step by step, with a two-source mixture batched by length."""
+    from storm_vlm.train import load_recipe, train
+
+    from .conftest import tiny_train_overrides
+
+    mixture = tmp_path / "mix.yaml"
+    mixture.write_text(
+        f"seed: 5\nsources:\n"
+        f"  - {{name: four, json: {data / 'train.json'}, media_root: {data}, num_frames: 4}}\n"
+        f"  - {{name: two, json: {data / 'train.json'}, media_root: {data}, num_frames: 2, samples: 5}}\n"
+    )
+    common = [
+        "data.json=''",
+        f"data.mixture={mixture}",
+        "data.group_by_length=true",
+        "data.group_size=2",
+        "optim.max_steps=6",
+        "save_every=1",
+    ]
+
+    def recipe(out, *extra):
+        return load_recipe(None, tiny_train_overrides(data, out, *common, *extra))
+
+    whole = train(recipe(tmp_path / "whole", "data.num_workers=0"))
+    assert whole.steps == 6
+    cut = tmp_path / "cut"
+    assert train(recipe(cut, "data.num_workers=2"), stop_after_steps=3).final_dir is None
+    resumed = train(recipe(cut, "data.num_workers=2"))
+    assert resumed.steps == 6 and resumed.final_dir.is_dir()
+    a, b = _losses(tmp_path / "whole"), _losses(cut)
+    assert len(a) == len(b) == 6 and all(abs(x - y) <= 1e-6 for x, y in zip(a, b)), (a, b)
+
+
+def test_recipe_data_sources_are_exclusive(tmp_path):
+    with pytest.raises(RecipeError, match=r"exactly one of data\.json"):
+        load_recipe(None, ["init.preset=tiny", "data.json=a.json", "data.mixture=m.yaml"])
+    with pytest.raises(RecipeError, match=r"data\.group_size must be 1 to"):
+        load_recipe(None, ["init.preset=tiny", "data.json=a.json", "data.group_size=0"])
