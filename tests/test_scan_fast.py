@@ -209,3 +209,34 @@ def test_model_outputs_and_grads_agree_across_backends(tiny, monkeypatch):
     model.zero_grad(set_to_none=True)
     torch.testing.assert_close(results["cpu"][0], results["reference"][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(results["cpu"][1], results["reference"][1], rtol=1e-3, atol=1e-5)
+
+
+def test_channels_last_inputs_equal_contiguous():
+    """The kernels read (B, E, L) views of (B, L, E) memory (the GEMMs' layout) without a copy."""
+    inputs = make_inputs(2, 40, 150, 16)
+    strided = dict(inputs)
+    for name in ("u", "delta", "z"):
+        strided[name] = inputs[name].transpose(1, 2).contiguous().transpose(1, 2)
+    use = set(NAMES)
+    assert_same(run(selective_scan_cpu, strided, use), run(selective_scan_ref, inputs, use))
+
+
+def test_reverse_and_average_equal_the_flipped_scan():
+    """``reverse`` scans the flipped sequence in place; ``average`` writes the mean with what is there."""
+    import numpy as np
+
+    from storm_vlm.modeling.scan_cpu import scan_forward_arrays
+
+    x = make_inputs(2, 20, 3 * CHUNK + 5, 8)
+    arr = {k: v.numpy() for k, v in x.items()}
+    bt = {k: np.ascontiguousarray(x[k].transpose(1, 2).unsqueeze(1).numpy()) for k in ("B", "C")}
+    out = np.full(x["u"].shape, 3.0, np.float32)
+    last, _ = scan_forward_arrays(arr["u"], arr["delta"], arr["A"], bt["B"], bt["C"], arr["D"], arr["z"],
+                                  arr["delta_bias"], arr["initial_state"], out, True, reverse=True,
+                                  average=True)  # fmt: skip
+    flip = {k: x[k].flip(-1) for k in ("u", "delta", "B", "C", "z")}
+    ref, ref_last = selective_scan_ref(flip["u"], flip["delta"], x["A"], flip["B"], flip["C"], D=x["D"], z=flip["z"],
+                                       delta_bias=x["delta_bias"], delta_softplus=True, return_last_state=True,
+                                       initial_state=x["initial_state"])  # fmt: skip
+    torch.testing.assert_close(torch.from_numpy(out), (ref.flip(-1) + 3.0) / 2, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(last), ref_last, rtol=1e-4, atol=1e-4)
