@@ -14,8 +14,17 @@ ARCHITECTURE = "StormForConditionalGeneration"  # config.json's "architectures" 
 
 
 def register() -> None:
-    """Register STORM with vLLM's model registry and its video loader registry (idempotent)."""
+    """Register STORM with vLLM's model registry and its video loader registry (idempotent).
+
+    The config class is imported too: that registers ``model_type: storm`` with transformers'
+    ``AutoConfig``, so vLLM reads a STORM directory without ``trust_remote_code``. Only the config:
+    the model modules import numba (llvmlite), and vLLM 0.32's CPU worker, scanning every loaded
+    module for Triton kernels when it starts, fails on llvmlite's objects
+    (``'_lib_fn_wrapper' object has no attribute 'get'``); vLLM imports the model after that scan.
+    """
     from vllm import ModelRegistry
+
+    from .. import configuration_storm  # noqa: F401  (registers AutoConfig)
 
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, "storm_vlm.vllm_plugin.model:StormVllmForConditionalGeneration")

@@ -64,10 +64,11 @@ _PIXEL_FIELDS = (("pixel_values_videos", "video_reduction"), ("pixel_values", "i
 _LLM_ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
 
 
-def reduction_from_kwargs(config: StormConfig, kwargs: Mapping[str, object]) -> ReductionSettings:
-    """(k, p, s) from ``mm_processor_kwargs`` (either spelling), else the model config's.
+def _reduction_fields(kwargs: Mapping[str, object]) -> dict[str, int]:
+    """The k / p / s given in one source of ``mm_processor_kwargs``, by ReductionSettings field.
 
-    Raises ``ValueError`` (vLLM's 400) for a value that is not an integer in 1..MAX_REDUCTION.
+    Raises ``ValueError`` (vLLM's 400) for a value that is not an integer in 1..MAX_REDUCTION, or
+    for one field given twice (``temporal_pool`` and ``k``) with different values.
     """
     chosen: dict[str, int] = {}
     for key, field in _REDUCTION_KEYS.items():
@@ -78,7 +79,18 @@ def reduction_from_kwargs(config: StormConfig, kwargs: Mapping[str, object]) -> 
             raise ValueError(f"mm_processor_kwargs {key} must be an integer, got {value!r}")
         if not 1 <= int(value) <= MAX_REDUCTION:
             raise ValueError(f"mm_processor_kwargs {key} must be in 1..{MAX_REDUCTION}, got {value}")
+        if chosen.get(field, int(value)) != int(value):
+            raise ValueError(f"mm_processor_kwargs give {field} twice, with different values")
         chosen[field] = int(value)
+    return chosen
+
+
+def reduction_from_kwargs(
+    config: StormConfig, request: Mapping[str, object], server: Mapping[str, object] | None = None
+) -> ReductionSettings:
+    """(k, p, s) from a request's ``mm_processor_kwargs`` (either spelling), else the server's
+    (``--mm-processor-kwargs``), else the model config's."""
+    chosen = {**_reduction_fields(server or {}), **_reduction_fields(request)}
     return ReductionSettings.resolve(
         config, chosen.get("temporal_pool"), chosen.get("spatial_pool"), chosen.get("temporal_sampling"), False
     )
@@ -135,8 +147,9 @@ class StormProcessingInfo(BaseProcessingInfo):
         return frames
 
     def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts: Mapping[str, int]) -> Mapping[str, int]:
-        settings = reduction_from_kwargs(self.get_hf_config(), {})
-        return {"video": self.num_tokens(self.max_frames(seq_len), settings), "image": self.num_tokens(1, settings)}
+        """Upper bounds whatever k / p / s a request picks: a clip's tokens must fit the context, and
+        an image has at most one unreduced frame's (so vLLM sizes its encoder cache for any request)."""
+        return {"video": seq_len, "image": self.num_tokens(1, ReductionSettings(1, 1, 1))}
 
     def frame_size(self) -> ImageSize:
         size = self.get_hf_config().vision_config.image_size
@@ -194,9 +207,11 @@ class StormMultiModalProcessor(BaseMultiModalProcessor[StormProcessingInfo]):
 
     def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> BatchFeature:
         processor = self.info.get_hf_processor()
-        settings = reduction_from_kwargs(self.info.get_hf_config(), hf_kwargs)
+        server = self.info.ctx.model_config.get_multimodal_config().mm_processor_kwargs or {}
+        settings = reduction_from_kwargs(self.info.get_hf_config(), hf_kwargs, server)
         row = [settings.temporal_pool, settings.spatial_pool, settings.temporal_sampling]
-        frame_options = {k: hf_kwargs[k] for k in _FRAME_KEYS if hf_kwargs.get(k) is not None}
+        merged = {**server, **hf_kwargs}  # the request's frame options over the server's
+        frame_options = {k: merged[k] for k in _FRAME_KEYS if merged.get(k) is not None}
         data: dict[str, Any] = {}
         videos = list(hf_data.get("videos") or [])  # type: ignore[call-overload]  # a list from the parser
         if videos:
