@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from contextlib import contextmanager
@@ -497,7 +498,13 @@ def init(
     out: Annotated[Path, typer.Option(help="New model directory to write.")],
     preset: Annotated[str | None, typer.Option(help="Random model preset, no download (e.g. 'tiny').")] = None,
     vision: Annotated[Path | None, typer.Option(help="Local HF directory of the vision tower (SigLIP/CLIP).")] = None,
-    llm: Annotated[Path | None, typer.Option(help="Local HF directory of the causal LLM and its tokenizer.")] = None,
+    vision_preset: Annotated[
+        str | None, typer.Option(help="'tiny': a small random SigLIP tower instead of --vision (beside a real LLM).")
+    ] = None,
+    llm: Annotated[
+        Path | None,
+        typer.Option(help="Local HF directory of the causal LLM and its tokenizer, or a .gguf file (needs gguf)."),
+    ] = None,
     projector: Annotated[Projector, typer.Option(help="'storm' (Linear + Mamba) or 'mlp' baseline.")] = Projector.storm,
     temporal_layers: Annotated[int, typer.Option(min=0, max=MAX_TEMPORAL_LAYERS, help="L, Mamba blocks.")] = 2,
     bidirectional: Annotated[bool, typer.Option(help="Bidirectional scan (off: causal, streamable).")] = True,
@@ -512,7 +519,7 @@ def init(
     """Create a STORM model directory: from a preset, or from a pretrained vision tower + LLM."""
     import torch
 
-    from .presets import build_from_parts, build_preset, save_model_dir
+    from .presets import build_from_parts, build_preset, save_model_dir, tiny_vision_tower
 
     options = dict(
         projector_type=projector.value,
@@ -522,19 +529,28 @@ def init(
         spatial_pool=spatial_pool,
         temporal_sampling=temporal_sampling,
     )
-    if (preset is None) == (vision is None and llm is None):
-        raise UserError("give either --preset NAME, or both --vision DIR and --llm DIR")
+    if (preset is None) == (vision is None and vision_preset is None and llm is None):
+        raise UserError("give either --preset NAME, or --vision DIR (or --vision-preset tiny) and --llm DIR")
     torch.manual_seed(seed)
     if preset is not None:
         model, processor = build_preset(preset, **options)
     else:
-        if vision is None or llm is None:
-            raise UserError("--vision and --llm must be given together")
-        for name, path in (("--vision", vision), ("--llm", llm)):
-            if not (path / "config.json").is_file():
-                raise UserError(f"{name} {path}: not a Hugging Face model directory (no config.json)")
+        if (vision is None) == (vision_preset is None) or llm is None:
+            raise UserError("--llm needs one of --vision DIR or --vision-preset tiny")
+        if vision_preset is not None and vision_preset != "tiny":
+            raise UserError(f"--vision-preset {vision_preset!r}: the only one is 'tiny'")
+        if vision is not None and not (vision / "config.json").is_file():
+            raise UserError(f"--vision {vision}: not a Hugging Face model directory (no config.json)")
+        if llm.suffix == ".gguf":
+            if not llm.is_file():
+                raise UserError(f"--llm {llm}: no such GGUF file")
+            if importlib.util.find_spec("gguf") is None:
+                raise UserError(f"--llm {llm}: reading GGUF needs the gguf package: pip install 'storm-vlm[gguf]'")
+        elif not (llm / "config.json").is_file():
+            raise UserError(f"--llm {llm}: not a Hugging Face model directory (no config.json) nor a .gguf file")
         torch_dtype = getattr(torch, dtype.value) if dtype is not None else None
-        model, processor = build_from_parts(vision, llm, dtype=torch_dtype, **options)
+        tower = tiny_vision_tower() if vision is None else vision
+        model, processor = build_from_parts(tower, llm, dtype=torch_dtype, **options)
     path = save_model_dir(model, processor, out)
     n_params = sum(p.numel() for p in model.parameters())
     console.print(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
     Qwen2Config,
@@ -38,6 +39,7 @@ __all__ = [
     "small_model_config",
     "temporal_config",
     "tiny_tokenizer",
+    "tiny_vision_tower",
 ]
 
 _CORPUS = """\
@@ -188,16 +190,32 @@ def build_preset(name: str, **storm_options) -> tuple[StormForConditionalGenerat
 
 
 def build_from_parts(
-    vision: str | Path, llm: str | Path, dtype=None, **storm_options
+    vision: str | Path | PreTrainedModel, llm: str | Path, dtype=None, **storm_options
 ) -> tuple[StormForConditionalGeneration, StormProcessor]:
-    """STORM from a pretrained vision tower and LLM in local HF directories, with its processor."""
-    from transformers import AutoImageProcessor, AutoTokenizer
+    """STORM from a pretrained vision tower and LLM (a HF directory or a ``.gguf`` file), with its
+    processor. ``vision`` may be a tower already built (:func:`tiny_vision_tower`): its frames are
+    then normalised SigLIP's way."""
+    from transformers import AutoImageProcessor
 
-    tokenizer = AutoTokenizer.from_pretrained(llm)
+    from .modeling.parts import load_tokenizer
+
+    tokenizer = load_tokenizer(llm)
     model = StormForConditionalGeneration.from_parts(vision, llm, tokenizer=tokenizer, dtype=dtype, **storm_options)
-    image_processor = frame_processor(AutoImageProcessor.from_pretrained(vision), model.config.vision_config.image_size)
+    size = model.config.vision_config.image_size
+    if isinstance(vision, PreTrainedModel):
+        image_processor: BaseImageProcessor = SiglipImageProcessorPil(size={"height": size, "width": size})
+    else:
+        image_processor = frame_processor(AutoImageProcessor.from_pretrained(vision), size)
     processor = StormProcessor.from_config(image_processor, tokenizer, model.config)
     return model, processor
+
+
+def tiny_vision_tower() -> PreTrainedModel:
+    """A tiny random SigLIP tower (the tiny preset's: 32 px frames, 16 tokens each), to put beside a
+    real LLM when only the language side is pretrained (seed with ``torch.manual_seed`` first)."""
+    from transformers import SiglipVisionModel
+
+    return SiglipVisionModel(tiny_vision_config())
 
 
 def frame_processor(image_processor: BaseImageProcessor, image_size: int) -> BaseImageProcessor:

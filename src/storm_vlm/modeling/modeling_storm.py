@@ -581,7 +581,7 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
     @classmethod
     def from_parts(
         cls,
-        vision_path: str | Path,
+        vision_path: str | Path | PreTrainedModel,
         llm_path: str | Path,
         tokenizer: PreTrainedTokenizerBase | None = None,
         dtype: torch.dtype | str | None = None,
@@ -591,7 +591,8 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
 
         ``vision_path`` may hold a vision-only model (``SiglipVisionModel``, ``CLIPVisionModel``),
         a dual encoder (``SiglipModel``, ``CLIPModel``) or a VLM such as PaliGemma or LLaVA, whose
-        tower is taken; a tower or LLM weight the checkpoint lacks is an error
+        tower is taken, or be a tower already built; ``llm_path`` a directory or a ``.gguf`` file.
+        A tower or LLM weight the checkpoint lacks is an error
         (:mod:`storm_vlm.modeling.parts`). The projector and temporal module start random (paper
         §4.1). ``tokenizer`` (the LLM's, loaded from ``llm_path`` when not given) gets the
         ``<video>`` / ``<image>`` placeholders, and the LLM's embeddings grow to hold them.

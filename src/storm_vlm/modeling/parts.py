@@ -30,7 +30,16 @@ from ..tokens import add_placeholder_tokens, stop_token_ids
 if TYPE_CHECKING:
     from .modeling_storm import StormForConditionalGeneration
 
-__all__ = ["PartsError", "build_from_parts", "load_llm", "load_vision_tower", "tower_prefix", "vision_model_class"]
+__all__ = [
+    "PartsError",
+    "build_from_parts",
+    "llm_location",
+    "load_llm",
+    "load_tokenizer",
+    "load_vision_tower",
+    "tower_prefix",
+    "vision_model_class",
+]
 
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
@@ -145,13 +154,36 @@ def load_vision_tower(path: str | Path, dtype: torch.dtype | str | None = None) 
     return tower
 
 
+def llm_location(path: str | Path) -> tuple[Path, dict[str, str]]:
+    """Where an LLM is: a HF directory, or a ``.gguf`` file (llama.cpp's format, dequantised by
+    transformers: needs the ``gguf`` package). Returns the folder and the ``from_pretrained``
+    keywords that pick the file (``gguf_file``)."""
+    path = Path(path)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise PartsError(f"{path}: no such GGUF file")
+        return path.parent, {"gguf_file": path.name}
+    return path, {}
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The LLM's tokenizer (with its chat template and special tokens), from a directory or a GGUF file."""
+    folder, where = llm_location(path)
+    return AutoTokenizer.from_pretrained(folder, **where)
+
+
 def load_llm(path: str | Path, dtype: torch.dtype | str | None = None) -> PreTrainedModel:
-    """The causal LLM of a directory; a weight it lacks or holds with another shape is an error."""
+    """The causal LLM of a directory or GGUF file; a weight it lacks or holds with another shape is an error."""
+    folder, where = llm_location(path)
     loaded = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True
+        folder, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True, **where
     )
     llm, info = cast(tuple[PreTrainedModel, dict[str, Any]], loaded)  # output_loading_info: (model, info)
     _check_loading_info(path, info, "LLM")
+    if where and hasattr(llm.config, "quantization_config"):
+        # the GGUF weights are dequantised to plain tensors; a config still naming the quantisation
+        # would make every later from_pretrained mark the model quantised, and saving it fail
+        del llm.config.quantization_config
     return llm
 
 
@@ -171,7 +203,7 @@ def set_generation_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
 
 def build_from_parts(
     cls: type[StormForConditionalGeneration],
-    vision_path: str | Path,
+    vision_path: str | Path | PreTrainedModel,
     llm_path: str | Path,
     tokenizer: PreTrainedTokenizerBase | None = None,
     dtype: torch.dtype | str | None = None,
@@ -179,12 +211,17 @@ def build_from_parts(
 ) -> StormForConditionalGeneration:
     """``cls.from_parts``: pretrained tower + LLM, random projector and temporal module (paper §4.1).
 
-    ``tokenizer`` (the LLM's, loaded from ``llm_path`` when not given) gets the ``<video>`` /
-    ``<image>`` placeholders, and the LLM's embeddings grow to hold them.
+    ``vision_path`` may also be a tower already built (e.g. a small random SigLIP beside a real
+    LLM); ``llm_path`` a directory or a ``.gguf`` file. ``tokenizer`` (the LLM's, loaded from
+    ``llm_path`` when not given) gets the ``<video>`` / ``<image>`` placeholders, and the LLM's
+    embeddings grow to hold them.
     """
-    tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(llm_path)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(llm_path)
     video_token_id, image_token_id = add_placeholder_tokens(tokenizer)
-    vision = load_vision_tower(vision_path, dtype=dtype)
+    if isinstance(vision_path, PreTrainedModel):
+        vision = vision_path.to(dtype) if dtype is not None else vision_path  # type: ignore[arg-type]
+    else:
+        vision = load_vision_tower(vision_path, dtype=dtype)
     llm = load_llm(llm_path, dtype=dtype)
     if len(tokenizer) > cast(torch.nn.Embedding, llm.get_input_embeddings()).num_embeddings:
         llm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
