@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from storm_vlm.synth import make_motion_qa
 from storm_vlm.train import load_recipe, train
 from storm_vlm.train.recipe import RecipeError
-from storm_vlm.train.stages import module_of
+from storm_vlm.train.stages import configure_stage, module_of
 
 from .conftest import tiny_train_overrides
 
@@ -99,6 +99,8 @@ def test_two_processes_match_one(data, tmp_path):
            *overrides, "optim.batch_size=2", f"output_dir={tmp_path / 'ddp'}"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for line in ("final loss", "saved ", "stage 2: trainable"):  # only the main process prints
+        assert proc.stdout.count(line) == 1, proc.stdout
     train(load_recipe("configs/tiny-stage2.yaml", [*overrides, "optim.batch_size=4", f"output_dir={tmp_path / 'one'}"]))
 
     def losses(path):
@@ -187,3 +189,54 @@ def test_a_diverging_run_stops_without_a_final_model(data, tmp_path):
     with pytest.raises(RecipeError, match="training diverged"):
         train(recipe(data, tmp_path / "nan", "optim.lr=1e30", "optim.max_grad_norm=0", "optim.warmup_ratio=0"))
     assert not (tmp_path / "nan" / "final").exists()
+
+
+def _checkpointing_grads(parts: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Every parameter's gradient after one training forward/backward of the tiny model, and how many
+    times a block of each part ran forward (a checkpointed block runs again in the backward)."""
+    from storm_vlm.presets import build_tiny
+    from storm_vlm.train.loop import enable_checkpointing
+
+    from .conftest import random_frames
+
+    torch.manual_seed(0)
+    model, processor = build_tiny()
+    model.train()
+    configure_stage(model, 2)  # every part trains; vision layers that never reach the projector are frozen
+    enable_checkpointing(model, parts)
+    body = model.model
+    # a norm inside each part's first block: the block's recompute calls it again (transformers checkpoints the
+    # block's forward, so hooks on the block itself run once)
+    blocks = {"vision": body.vision_tower.encoder.layers[0].layer_norm1, "temporal": body.temporal.layers[0].norm,
+              "llm": body.language_model.layers[0].input_layernorm}  # fmt: skip
+    calls = dict.fromkeys(blocks, 0)
+    for part, block in blocks.items():
+        block.register_forward_hook(lambda *_, part=part: calls.__setitem__(part, calls[part] + 1))
+    inputs = processor(processor.build_prompt("What happens first?"), videos=[random_frames(4)], training=True)
+    torch.manual_seed(1)  # the same dropout / noise draws with and without checkpointing
+    model(**inputs, labels=inputs["input_ids"].clone()).loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads.keys() == {n for n, p in model.named_parameters() if p.requires_grad}  # every trainable one
+    return grads, calls
+
+
+def test_gradient_checkpointing_per_part_gives_the_same_gradient_for_every_parameter():
+    reference, calls = _checkpointing_grads(())
+    assert calls == {"vision": 1, "temporal": 1, "llm": 1}
+    for parts in (("vision",), ("temporal",), ("llm",), ("vision", "temporal", "llm")):
+        grads, calls = _checkpointing_grads(parts)
+        assert calls == {part: 2 if part in parts else 1 for part in calls}, (parts, calls)  # recomputed: checkpointed
+        assert grads.keys() == reference.keys(), parts
+        for name, grad in reference.items():
+            torch.testing.assert_close(
+                grads[name], grad, rtol=1e-5, atol=1e-7, msg=lambda m, n=name, p=parts: f"{p} {n}: {m}"
+            )
+
+
+def test_gradient_checkpointing_names_a_part_the_model_lacks(tiny_mlp):
+    from storm_vlm.train.loop import enable_checkpointing
+
+    model, _ = tiny_mlp
+    enable_checkpointing(model, ("temporal",), required=False)  # gradient_checkpointing: true skips it
+    with pytest.raises(RecipeError, match="no temporal module"):
+        enable_checkpointing(model, ("temporal",))

@@ -15,12 +15,16 @@ later step sees the same batches and gives the same loss as an uninterrupted run
 (a preemption, Ctrl-C) ends the run after the step in progress with such a checkpoint and
 :class:`TrainingInterrupted`. The final model is a ``from_pretrained`` directory
 (``output_dir/final``) with processor files; a run whose final model is complete is not trained
-again unless ``overwrite``. Progress goes to the console and to ``output_dir/train_log.jsonl``.
+again unless ``overwrite``. Progress goes to the console (a bar with ETA on a terminal, a line per
+logged step otherwise), to ``output_dir/train_log.jsonl`` and to accelerate's trackers (``log_with``:
+tensorboard under ``output_dir/logs``, wandb); only the main process prints and writes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import itertools
 import json
 import math
@@ -37,9 +41,20 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
@@ -57,7 +72,17 @@ __all__ = ["TrainResult", "TrainingInterrupted", "train"]
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 UNFINISHED = ".unfinished"  # in output_dir while a run has not written its final model
 # recipe keys that do not change the final model: a finished run rerun with other values is still done
-_NOT_THE_MODEL = {"resume", "overwrite", "log_every", "save_every", "keep_last", "data.num_workers"}
+_NOT_THE_MODEL = {
+    "resume",
+    "overwrite",
+    "log_every",
+    "log_with",
+    "save_every",
+    "keep_last",
+    "data.num_workers",
+    "gradient_checkpointing",
+}
+TRACKER_PROJECT = "storm-vlm"  # tensorboard: output_dir/logs/storm-vlm; wandb: the project
 
 
 @dataclass
@@ -69,6 +94,7 @@ class TrainResult:
     last_loss: float = float("nan")
     last_accuracy: float = float("nan")
     already_done: bool = False  # final/ was complete: not trained again (``overwrite`` would)
+    is_main_process: bool = True  # only the main process of a distributed run should report the result
 
 
 class TrainingInterrupted(Exception):
@@ -321,18 +347,21 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
     final = out / "final"
     accelerator = _accelerator(recipe)
     is_main = accelerator.is_main_process
+    if not is_main:  # the other processes of a distributed run: what the caller prints with it is silenced too
+        console.quiet = True
     finished = _finished(out, recipe)
     if finished and not recipe.overwrite:
         if is_main:
             message = f"{final} is complete: already trained; pass --overwrite (overwrite=true) to train again"
             console.print(message, markup=False, highlight=False, soft_wrap=True)
-        return TrainResult(out, final, 0, already_done=True)
+        return TrainResult(out, final, 0, already_done=True, is_main_process=is_main)
     accelerator.wait_for_everyone()  # every process has looked at output_dir before the main one changes it
     latest = _prepare_output(out, recipe, finished, is_main)
     accelerator.wait_for_everyone()
     set_seed(recipe.seed)
 
     model, processor, counts = _model_for_stage(recipe)
+    model_config = model.config  # before accelerate wraps the model
     dataset, sampler, loader = _data(recipe, model, processor)
     optimizer = torch.optim.AdamW(param_groups(model, recipe.optim), betas=recipe.optim.betas)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -358,20 +387,26 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
     if is_main:
         params = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items())
         console.print(f"stage {recipe.stage}: trainable {params}; {len(dataset)} samples, {total_steps} steps")
+    _start_trackers(accelerator, recipe, resumed_at=step)
+    visual_ids = {i for i in (model_config.video_token_id, model_config.image_token_id) if i is not None}
 
-    window = {"loss": 0.0, "correct": 0, "total": 0, "tokens": 0, "samples": 0, "t0": time.perf_counter()}
+    window = _new_window()
     last_loss, last_acc = float("nan"), float("nan")
+    run_start, first_step = time.perf_counter(), step
     model.train()
     progress = Progress(
         TextColumn("[bold]train[/bold]"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"),
+        _StepsPerSecond(),
         TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
         console=console,
         disable=not (is_main and console.is_terminal),
     )
-    with progress, _StopSignals() as stop:
+    with _closing_trackers(accelerator), progress, _StopSignals() as stop:
         task = progress.add_task("train", total=total_steps, completed=step, info="")
         while step < total_steps:
             # resuming mid-epoch: skip the samples of the batches every process already consumed
@@ -381,7 +416,9 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
                 batches_done += len(micro_batches)
                 for batch in micro_batches:
                     skipped += batch.pop("skipped", [])
-                _optimizer_step(accelerator, model, optimizer, micro_batches, recipe.optim.max_grad_norm, window)
+                _optimizer_step(
+                    accelerator, model, optimizer, micro_batches, recipe.optim.max_grad_norm, window, visual_ids
+                )
                 scheduler.step()
                 step += 1
                 stats = _reduced_stats(accelerator, window, stop.received)
@@ -394,28 +431,36 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
                         f"the loss is {last_loss} at step {step}: training diverged (optim.lr too high, or bad data); "
                         "no final model was saved"
                     )
-                elapsed = max(time.perf_counter() - window["t0"], 1e-9)
+                now = time.perf_counter()
+                elapsed = max(now - window["t0"], 1e-9)
                 record = {
                     "step": step,
                     "epoch": epoch,
                     "loss": last_loss,
                     "accuracy": last_acc,
                     "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": window["grad_norm"],  # before clipping; the same on every process
                     "tokens_per_s": float(stats[3]) / elapsed,
                     "samples_per_s": float(stats[4]) / elapsed,
+                    "visual_tokens_per_sample": float(stats[7] / stats[4]) if stats[4] > 0 else 0.0,
                     "skipped": len(skipped),
                     "processes": accelerator.num_processes,
+                    "distributed": accelerator.distributed_type.value,
                 }
-                window = {k: 0 for k in window} | {"loss": 0.0, "t0": time.perf_counter()}
-                if is_main:
-                    if step % recipe.log_every == 0 or step == total_steps:
+                window = _new_window()
+                if step % recipe.log_every == 0 or step == total_steps:
+                    accelerator.log({f"train/{k}": record[k] for k in _TRACKED}, step=step)  # main process only
+                    if is_main:
                         with log_path.open("a") as f:
                             f.write(json.dumps(record) + "\n")
                         if not console.is_terminal:
+                            rate = (step - first_step) / max(now - run_start, 1e-9)
                             console.print(
                                 f"step {step}/{total_steps} loss {last_loss:.4f} acc {last_acc:.3f} "
-                                f"lr {record['lr']:.2e} {record['tokens_per_s']:.0f} tok/s"
+                                f"lr {record['lr']:.2e} {record['tokens_per_s']:.0f} tok/s "
+                                f"{rate:.2f} steps/s eta {_duration((total_steps - step) / rate if rate > 0 else 0)}"
                             )
+                if is_main:
                     progress.update(task, completed=step, info=f"loss {last_loss:.4f} acc {last_acc:.3f}")
                 end_of_run = step >= total_steps
                 position = (step, epoch, batches_done, skipped, trained)
@@ -437,14 +482,88 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
         _refuse_bad_data(recipe, skipped)
 
     if stop_after_steps is not None and step == stop_after_steps and step < total_steps:
-        return TrainResult(out, None, step, skipped, last_loss, last_acc)
+        return TrainResult(out, None, step, skipped, last_loss, last_acc, is_main_process=is_main)
     _save_final(accelerator, model, processor, recipe, final)
     if is_main:
         _report_skipped(console, skipped)
         console.print(f"saved {final}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(out, final, step, skipped, last_loss, last_acc)
+    return TrainResult(out, final, step, skipped, last_loss, last_acc, is_main_process=is_main)
+
+
+# the scalars of a log record sent to the trackers (as train/<name>)
+_TRACKED = ("loss", "accuracy", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "visual_tokens_per_sample")
+
+
+def _new_window() -> dict[str, Any]:
+    """What one optimizer step adds up (its micro-batches on this process) until it is logged."""
+    return {
+        "loss": 0.0,
+        "correct": 0,
+        "total": 0,
+        "tokens": 0,
+        "samples": 0,
+        "visual": 0,
+        "grad_norm": float("nan"),
+        "t0": time.perf_counter(),
+    }
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class _StepsPerSecond(ProgressColumn):
+    """Optimizer steps per second, from rich's speed estimate (steps are too slow for a bytes/s column)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.2f} steps/s" if speed else "- steps/s", style="progress.data.speed")
+
+
+def _tracker_config(recipe: TrainRecipe) -> dict[str, Any]:
+    """The recipe as tracker hyperparameters: flat keys, values tensorboard's hparams take (scalars, str)."""
+    flat = _flat(recipe.to_dict())
+    return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flat.items()}
+
+
+def _check_trackers(recipe: TrainRecipe) -> None:
+    """A named tracker whose package is missing is refused before the model is built."""
+    needs = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
+    for name in recipe.log_with:
+        module, extra = needs[name]
+        if importlib.util.find_spec(module) is None:
+            install = f"pip install 'storm-vlm[{extra}]'" if name == "tensorboard" else f"pip install {extra}"
+            raise RecipeError(f"log_with {name} needs the {module} package: {install}")
+
+
+def _start_trackers(accelerator: Accelerator, recipe: TrainRecipe, resumed_at: int) -> None:
+    """``accelerator.init_trackers`` with the recipe as the run's configuration (main process only).
+
+    A resumed run's tensorboard writer purges the events after the checkpoint's step, which the
+    interrupted run logged and this one logs again (as ``train_log.jsonl`` is truncated).
+    """
+    if not recipe.log_with:
+        return
+    init_kwargs: dict[str, dict[str, Any]] = {}
+    if "tensorboard" in recipe.log_with and resumed_at > 0:
+        init_kwargs["tensorboard"] = {"purge_step": resumed_at + 1}
+    if "wandb" in recipe.log_with:
+        init_kwargs["wandb"] = {"name": Path(recipe.output_dir).name}
+    accelerator.init_trackers(TRACKER_PROJECT, config=_tracker_config(recipe), init_kwargs=init_kwargs)
+
+
+@contextlib.contextmanager
+def _closing_trackers(accelerator: Accelerator) -> Iterator[None]:
+    """Trackers flushed and closed however the run ends (interrupted, stopped, diverged or done)."""
+    try:
+        yield
+    finally:
+        for tracker in accelerator.trackers:
+            tracker.finish()
+        accelerator.trackers.clear()  # end_training would finish them again
 
 
 def _accelerator(recipe: TrainRecipe) -> Accelerator:
@@ -457,10 +576,14 @@ def _accelerator(recipe: TrainRecipe) -> Accelerator:
     """
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
+    _check_trackers(recipe)
+    out = Path(recipe.output_dir)
     return Accelerator(
         gradient_accumulation_steps=recipe.optim.grad_accum,
         mixed_precision=recipe.mixed_precision,
         cpu=not torch.cuda.is_available(),  # CPU-only: several processes form a gloo group (DDP on CPU)
+        log_with=list(recipe.log_with) or None,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
 
 
@@ -476,10 +599,55 @@ def _model_for_stage(recipe: TrainRecipe) -> tuple[StormForConditionalGeneration
     if recipe.lora:
         _apply_lora(model, recipe.lora)
         counts = configure_stage_with_lora(model, recipe.stage)
-    if recipe.gradient_checkpointing:
-        model.activation_checkpointing_enable()
+    enable_checkpointing(model, recipe.checkpointed_parts, required=not isinstance(recipe.gradient_checkpointing, bool))
     model.config.use_cache = False
     return model, processor, counts
+
+
+def enable_checkpointing(
+    model: StormForConditionalGeneration, parts: tuple[str, ...] | list[str], required: bool = True
+) -> None:
+    """Gradient (activation) checkpointing on the named parts: ``vision``, ``temporal``, ``llm``.
+
+    Each part's repeated blocks (SigLIP / CLIP encoder layers, :class:`TemporalBlock`, the LLM's
+    decoder layers: transformers' ``GradientCheckpointingLayer``) then recompute their activations
+    in the backward pass instead of keeping them, trading about one more forward of that part for
+    its activation memory; the gradients are the same. The vision tower and the LLM body are
+    transformers models and go through their ``activation_checkpointing_enable`` (the current name
+    of ``gradient_checkpointing_enable``); the temporal module is not one, so its blocks are set as
+    transformers sets them, with the same non-reentrant ``torch.utils.checkpoint``. A part the
+    model lacks (no temporal module with the ``mlp`` projector) is refused when ``required``
+    (named in a list), skipped otherwise (``gradient_checkpointing: true``).
+    """
+    body = model.model
+    for part in parts:
+        if part == "vision":
+            _enable_on_transformers_model(body.vision_tower, part)
+        elif part == "llm":
+            llm = body.language_model
+            base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm  # under LoRA: peft's model
+            _enable_on_transformers_model(base, part)
+        elif part == "temporal":
+            if body.temporal is None:
+                if required:
+                    raise RecipeError(
+                        "gradient_checkpointing: temporal: this model has no temporal module (projector_type mlp)"
+                    )
+                continue
+            func = functools.partial(checkpoint, use_reentrant=False)
+            for module in body.temporal.modules():
+                if hasattr(module, "gradient_checkpointing"):
+                    module._gradient_checkpointing_func = func
+                    module.gradient_checkpointing = True
+        else:
+            raise RecipeError(f"gradient_checkpointing: unknown part {part!r} (choose among vision, temporal, llm)")
+
+
+def _enable_on_transformers_model(module: torch.nn.Module, part: str) -> None:
+    enable = getattr(module, "activation_checkpointing_enable", None)
+    if enable is None or not getattr(module, "supports_gradient_checkpointing", False):
+        raise RecipeError(f"gradient_checkpointing: {part}: {type(module).__name__} does not support checkpointing")
+    enable()
 
 
 def _data(
@@ -526,9 +694,15 @@ def _optimizer_step(
     micro_batches: list[dict[str, Any]],
     max_grad_norm: float,
     window: dict[str, Any],
+    visual_ids: set[int] | frozenset[int] = frozenset(),
 ) -> None:
     """One optimizer step over a window of micro-batches: the loss is the mean over every target
-    token of the window on every process (see ``_global_target_count``); adds to ``window``."""
+    token of the window on every process (see ``_global_target_count``); adds to ``window``.
+
+    The gradient norm (before clipping) comes from ``accelerator.clip_grad_norm_``, which knows how
+    to take it over DDP, FSDP shards and DeepSpeed's engine; without clipping it is called with an
+    infinite bound, which scales the gradients by exactly 1.
+    """
     targets = _global_target_count(accelerator, micro_batches)
     for i, batch in enumerate(micro_batches):
         with _micro_batch(accelerator, model, last=i == len(micro_batches) - 1):
@@ -538,13 +712,19 @@ def _optimizer_step(
                 correct, total = _token_accuracy(outputs.logits.detach(), batch["labels"])
                 window["tokens"] += int(batch["attention_mask"].sum())
                 window["samples"] += batch["input_ids"].shape[0]
+                placeholders = torch.isin(
+                    batch["input_ids"], torch.tensor(sorted(visual_ids), device=batch["input_ids"].device)
+                )
+                window["visual"] += int((placeholders & batch["attention_mask"].bool()).sum())
             else:  # every sample of the batch was bad: a zero step keeps processes in sync
                 loss = sum(p.reshape(-1)[0] * 0.0 for p in model.parameters() if p.requires_grad)
                 correct = total = 0
             # accelerate divides by grad_accum and DDP averages over processes: undo both
             accelerator.backward(loss * accelerator.gradient_accumulation_steps * accelerator.num_processes)
-            if accelerator.sync_gradients and max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            if accelerator.sync_gradients:
+                norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else math.inf)
+                if norm is not None:  # DeepSpeed before its engine has a norm
+                    window["grad_norm"] = float(norm)
             optimizer.step()
             optimizer.zero_grad()
         window["loss"] += float(loss.detach())  # this micro-batch's share of the global token mean
@@ -553,8 +733,8 @@ def _optimizer_step(
 
 
 def _reduced_stats(accelerator: Accelerator, window: dict[str, Any], received: int | None) -> torch.Tensor:
-    """(loss, correct, total, tokens, samples, SIGTERM seen, SIGINT seen) summed over processes:
-    a signal on any process stops them all at the same step."""
+    """(loss, correct, total, tokens, samples, SIGTERM seen, SIGINT seen, visual tokens) summed over
+    processes: a signal on any process stops them all at the same step."""
     stats = torch.tensor(
         [
             window["loss"],
@@ -564,6 +744,7 @@ def _reduced_stats(accelerator: Accelerator, window: dict[str, Any], received: i
             window["samples"],
             float(received == signal.SIGTERM),
             float(received == signal.SIGINT),
+            window["visual"],
         ],
         device=accelerator.device,
         dtype=torch.float64,

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -26,7 +27,21 @@ from ..limits import (
 )
 from ..synth import check_clip_args
 
-__all__ = ["DataConfig", "InitConfig", "OptimConfig", "RecipeError", "SynthDataConfig", "TrainRecipe", "load_recipe"]
+__all__ = [
+    "CHECKPOINT_PARTS",
+    "TRACKERS",
+    "DataConfig",
+    "InitConfig",
+    "OptimConfig",
+    "RecipeError",
+    "SynthDataConfig",
+    "TrainRecipe",
+    "load_recipe",
+]
+
+CHECKPOINT_PARTS = ("vision", "temporal", "llm")  # what gradient_checkpointing may name
+TRACKERS = ("tensorboard", "wandb")  # accelerate trackers that log_with may name
+_BOOL_WORDS = ("true", "false", "1", "0", "yes", "no")
 
 
 class RecipeError(ValueError):
@@ -96,10 +111,12 @@ class TrainRecipe:
     temporal_pool: int | None = None  # k the model trains with (None: the model's config)
     spatial_pool: int | None = None  # p
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
-    gradient_checkpointing: bool = False
+    # recompute activations in the backward pass: true (every part) or a list among vision, temporal, llm
+    gradient_checkpointing: bool | list[str] = False
     lora: dict[str, Any] | None = None  # e.g. {r: 16, alpha: 32, dropout: 0.05}: LoRA on the LLM (peft)
     seed: int = 0
     log_every: int = 1
+    log_with: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb ([]: none)
     save_every: int = 0  # optimizer steps between checkpoints (0: only the final model)
     keep_last: int = 2
     resume: bool = True  # continue from the newest checkpoint in output_dir (false: refuse to, if there is one)
@@ -156,10 +173,29 @@ class TrainRecipe:
             value = getattr(self, name)
             if value is not None and not 1 <= value <= MAX_REDUCTION:
                 raise RecipeError(f"{name} must be 1 to {MAX_REDUCTION}, got {value!r}")
+        if not isinstance(self.gradient_checkpointing, bool):
+            _check_names("gradient_checkpointing", self.gradient_checkpointing, CHECKPOINT_PARTS)
+        _check_names("log_with", self.log_with, TRACKERS)
         return self
+
+    @property
+    def checkpointed_parts(self) -> tuple[str, ...]:
+        """The parts whose activations are recomputed: ``gradient_checkpointing`` true means all of them."""
+        value = self.gradient_checkpointing
+        if isinstance(value, bool):
+            return CHECKPOINT_PARTS if value else ()
+        return tuple(part for part in CHECKPOINT_PARTS if part in value)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _check_names(key: str, names: list[str], known: tuple[str, ...]) -> None:
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise RecipeError(f"{key}: unknown {unknown[0]!r} (choose among {', '.join(known)})")
+    if len(set(names)) != len(names):
+        raise RecipeError(f"{key} names one twice: {names!r}")
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -172,6 +208,19 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if args and type(None) in args:  # Optional[X]
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key) if len(inner) == 1 else value
+    if origin in (Union, types.UnionType):  # bool | list[str]: a flag, or the names it applies to
+        if bool in args and (isinstance(value, bool) or (isinstance(value, str) and value.lower() in _BOOL_WORDS)):
+            return _coerce(value, bool, key)
+        listed = [a for a in args if get_origin(a) is list]
+        if not listed or not isinstance(value, (str, list, tuple)):
+            raise RecipeError(f"{key} must be true, false or a list of names, got {value!r}")
+        return _coerce(value, listed[0], key)
+    if origin is list:  # a YAML list, or on the command line one name or names with commas (none: empty)
+        if isinstance(value, str):
+            value = [] if value.strip().lower() == "none" else [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, args[0] if args else str, key) for v in value]
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise RecipeError(f"{key} must be a mapping, got {value!r}")
