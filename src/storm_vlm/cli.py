@@ -489,7 +489,7 @@ def train(
     except TrainingInterrupted as stop:
         err_console.print(str(stop), markup=False, highlight=False)
         raise SystemExit(stop.exit_code) from None  # not typer.Exit: main() would add its own "interrupted"
-    if result.final_dir is not None and not result.already_done:
+    if result.final_dir is not None and not result.already_done and result.is_main_process:
         console.print(f"final loss {result.last_loss:.4f}, answer-token accuracy {result.last_accuracy:.3f}")
 
 
