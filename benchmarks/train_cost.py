@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -247,9 +248,11 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     cells: list[dict[str, Any]] = []
     command = " ".join(["python benchmarks/train_cost.py", *(argv if argv is not None else sys.argv[1:])])
+    load: list[float] | None = [os.getloadavg()[0]]  # the 1-minute load average, at the start and the end
     if args.reuse:
         previous = json.loads(Path(args.json).read_text())
         cells, wall, command = previous["cells"], previous["wall_s"], previous.get("command", command)
+        load = previous.get("load_avg")  # None: a run from before it was recorded
     for frames in [] if args.reuse else [int(f) for f in args.frames.split(",")]:
         for ckpt in (False, True):
             long = frames >= 128
@@ -273,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
             )
     if not args.reuse:
         wall = time.perf_counter() - started
+        load = [*(load or []), os.getloadavg()[0]]
     from storm_vlm.bench.train_memory import FORMULA, estimate_table, recipe_estimates, small_check
 
     table = _table(cells)
@@ -281,14 +285,20 @@ def main(argv: list[str] | None = None) -> None:
     checks = small_check(cells, args.k)
     _plot(cells, out.with_suffix(".png"))
     Path(args.json).write_text(
-        json.dumps({"cells": cells, "wall_s": wall, "command": command, "estimates": estimates}, indent=1)
+        json.dumps(
+            {"cells": cells, "wall_s": wall, "command": command, "load_avg": load, "estimates": estimates}, indent=1
+        )
     )
     text = [
         "# Training cost: samples/s and peak memory per step",
         "",
-        f"`{command.strip()}` — {wall / 60:.1f} min on a 2-core CPU shared with other jobs "
-        f"({cells[0]['threads']} torch threads, the load average 5-8 while it ran); "
-        "no GPU was lent to this session, so there are no GPU numbers here.",
+        f"`{command.strip()}` — {wall / 60:.1f} min on a 2-core CPU ({cells[0]['threads']} torch threads; "
+        + (
+            f"1-minute load average {load[0]:.1f} at the start, {load[-1]:.1f} at the end); "
+            if load
+            else "load average not recorded); "
+        )
+        + "no GPU was lent to this session, so there are no GPU numbers here.",
         "",
         "## Measured: small preset on CPU",
         "",
