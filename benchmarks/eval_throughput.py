@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from storm_vlm.inference import load_model, prepare_inputs
-    from storm_vlm.presets import build_tiny
+    from storm_vlm.presets import build_tiny, spread_llm_weights
     from storm_vlm.synth import motion_clip
     from storm_vlm.video import VideoClip
 
@@ -45,10 +45,7 @@ def main() -> None:
     model, processor = load_model(args.model) if args.model else build_tiny()
     model.eval()
     if not args.model:
-        with torch.no_grad():
-            for param in model.language_model.parameters():
-                if param.dim() > 1:
-                    param.normal_(0, 0.5)
+        spread_llm_weights(model, 0.5)
     rng = np.random.default_rng(0)
     questions = ["What happens?", "Which colour moves, and in which direction does it go?", "Describe it."]
     prepared = []

@@ -50,15 +50,12 @@ def kernel_table(fn, rows: int = 12) -> str:
 def decode() -> None:
     from storm_vlm.modeling.fast_path import enable_fast_path
     from storm_vlm.modeling.modeling_storm import StormForConditionalGeneration
-    from storm_vlm.presets import small_model_config
+    from storm_vlm.presets import small_model_config, spread_llm_weights
 
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = StormForConditionalGeneration(small_model_config()).eval()
-        with torch.no_grad():
-            for param in model.language_model.parameters():
-                if param.dim() > 1:
-                    param.normal_(0, 0.1)  # varied tokens
+        spread_llm_weights(model, 0.1)  # varied tokens
     embeds = torch.randn(1, 300, model.config.hidden_size, device="cuda")
 
     def gen(**kw):

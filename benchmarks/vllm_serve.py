@@ -32,7 +32,7 @@ import numpy as np
 import openai
 import torch
 
-from storm_vlm.presets import build_tiny, save_model_dir
+from storm_vlm.presets import build_tiny, save_model_dir, spread_llm_weights
 from storm_vlm.synth import motion_clip
 from storm_vlm.video import write_video
 
@@ -54,10 +54,7 @@ def free_port() -> int:
 def model_dir(out: Path) -> Path:
     torch.manual_seed(0)
     model, processor = build_tiny()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "language_model" in name and param.dim() == 2:
-                param.normal_(0.0, 0.3)
+    spread_llm_weights(model, 0.3)
     return save_model_dir(model, processor, out)
 
 

@@ -11,7 +11,7 @@ from storm_vlm.eval import load_benchmark, parse_letter, run_benchmark
 from storm_vlm.eval import runner as runner_mod
 from storm_vlm.eval.benchmarks import prompt_longvideobench, prompt_mvbench, prompt_videomme
 from storm_vlm.eval.items import MCItem
-from storm_vlm.presets import build_tiny
+from storm_vlm.presets import build_tiny, spread_llm_weights
 
 from .media import make
 
@@ -551,10 +551,7 @@ def test_batched_eval_gives_the_one_at_a_time_answers(mvbench_root, tmp_path):
     every row's answer equals the one-question run's, the missing video is still an error row."""
     torch.manual_seed(0)
     model, processor = build_tiny()
-    with torch.no_grad():  # varied greedy tokens: a fresh tiny model repeats one token, hiding padding errors
-        for param in model.language_model.parameters():
-            if param.dim() > 1:
-                param.normal_(0, 0.5)
+    spread_llm_weights(model, 0.5)  # varied greedy tokens: a fresh tiny model repeats one, hiding padding errors
     model_dir = tmp_path / "model"
     model.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from storm_vlm.inference import ask, load_model
 from storm_vlm.modeling.fast_path import enable_fast_path, static_cache_length
-from storm_vlm.presets import build_tiny, save_model_dir
+from storm_vlm.presets import build_tiny, save_model_dir, spread_llm_weights
 from storm_vlm.synth import motion_clip
 from storm_vlm.video import VideoClip
 
@@ -86,10 +86,7 @@ def chatty():
     """A tiny random model whose greedy tokens vary from step to step (a plain init repeats one)."""
     torch.manual_seed(0)
     model, processor = build_tiny()
-    with torch.no_grad():
-        for param in model.language_model.parameters():
-            if param.dim() > 1:
-                param.normal_(0, 0.5)
+    spread_llm_weights(model, 0.5)
     ids = processor.tokenize(processor.build_prompt("Hello there?", media=None))
     return model, processor, model.get_input_embeddings()(ids["input_ids"]).detach(), ids["attention_mask"]
 

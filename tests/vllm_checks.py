@@ -30,14 +30,11 @@ def build_model_dir(out: Path) -> Path:
     """The tiny preset (LLM head_dim 32), LLM weights spread so greedy tokens depend on the input."""
     import torch
 
-    from storm_vlm.presets import build_tiny, save_model_dir
+    from storm_vlm.presets import build_tiny, save_model_dir, spread_llm_weights
 
     torch.manual_seed(0)
     model, processor = build_tiny()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "language_model" in name and param.dim() == 2:
-                param.normal_(0.0, 0.3)
+    spread_llm_weights(model, 0.3)
     return save_model_dir(model, processor, out)
 
 

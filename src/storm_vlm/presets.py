@@ -37,6 +37,7 @@ __all__ = [
     "placeholder_ids",
     "preset_config",
     "small_model_config",
+    "spread_llm_weights",
     "temporal_config",
     "tiny_tokenizer",
     "tiny_vision_tower",
@@ -127,6 +128,18 @@ def build_tiny(**storm_options) -> tuple[StormForConditionalGeneration, StormPro
     model = StormForConditionalGeneration(config).eval()
     set_generation_tokens(model, tokenizer)
     return model, StormProcessor.from_config(tiny_image_processor(), tokenizer, config)
+
+
+def spread_llm_weights(model: StormForConditionalGeneration, std: float) -> None:
+    """Redraw the LLM's weight matrices from N(0, std²) in place: a freshly initialised tiny LLM
+    repeats one token whatever the input, which would hide an error in a batched or cached path
+    (tests and benchmarks compare such paths token by token)."""
+    import torch
+
+    with torch.no_grad():
+        for param in model.language_model.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, std)
 
 
 def temporal_config(d_model: int, **storm_fields: Any) -> StormConfig:
