@@ -113,9 +113,10 @@ def measure_cell(spec: dict[str, Any]) -> dict[str, Any]:
         "labels": torch.tensor(labels),
         "pixel_values_videos": torch.randn(frames, 3, size, size),
         "pixel_values": None,
+        "visual_tokens": visual,
     }
     batch = StormCollator(tokenizer.pad_token_id)([item])
-    batch.pop("skipped")
+    batch.pop("skipped"), batch.pop("counts")
     model_rss = _current_rss_mib()
 
     def forward_backward() -> None:

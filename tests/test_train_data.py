@@ -114,14 +114,16 @@ def test_collator_pads_right_and_masks(tiny):
     pad = processor.tokenizer.pad_token_id
     items = [
         {"input_ids": torch.tensor([5, 6, 7]), "labels": torch.tensor([IGNORE, 6, 7]),
-         "pixel_values_videos": torch.zeros(2, 3, 32, 32), "pixel_values": None},
-        {"input_ids": torch.tensor([8]), "labels": torch.tensor([8]),
-         "pixel_values_videos": torch.zeros(3, 3, 32, 32), "pixel_values": None},
+         "pixel_values_videos": torch.zeros(2, 3, 32, 32), "pixel_values": None, "visual_tokens": 0},
+        {"input_ids": torch.tensor([8, 9]), "labels": torch.tensor([8, 9]),
+         "pixel_values_videos": torch.zeros(3, 3, 32, 32), "pixel_values": None, "visual_tokens": 0},
     ]  # fmt: skip
     batch = StormCollator(pad)(items)
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, pad, pad]]
-    assert batch["labels"].tolist() == [[IGNORE, 6, 7], [8, IGNORE, IGNORE]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 9, pad]]
+    # a sample's first label is never predicted (nothing comes before it)
+    assert batch["labels"].tolist() == [[IGNORE, 6, 7], [IGNORE, 9, IGNORE]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["use_cache"] is False and batch["counts"] == {"samples": 2, "tokens": 5, "visual": 0}
     assert isinstance(batch["pixel_values_videos"], list)  # different frame counts
 
 

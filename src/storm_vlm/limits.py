@@ -16,6 +16,7 @@ __all__ = [
     "MAX_MIXTURE_BYTES",
     "MAX_MIXTURE_SOURCES",
     "MAX_NEW_TOKENS",
+    "MAX_PACK_TOKENS",
     "MAX_PIXELS",
     "MAX_REDUCTION",
     "MAX_SIDE",
@@ -55,3 +56,4 @@ MAX_DATA_SAMPLES = 100_000_000  # samples of one data file, converted output or 
 MAX_MIXTURE_BYTES = 1 << 20  # a mixture YAML larger than 1 MiB is refused before it is parsed
 MAX_MIXTURE_SOURCES = 1024  # sources one mixture may list
 MAX_GROUP_BATCHES = 65_536  # batches per length-grouping window (data.group_size)
+MAX_PACK_TOKENS = 1 << 20  # tokens of one packed row (data.pack_tokens): a row is one attention block

@@ -45,12 +45,14 @@ __all__ = [
     "DataError",
     "LengthGroupedSampler",
     "LlavaVideoDataset",
+    "PackedBatchSampler",
     "SampleStore",
     "SeededSampler",
     "StormCollator",
     "SynthVideoDataset",
     "build_dataset",
     "encode_conversation",
+    "first_fit_decreasing",
     "read_samples",
 ]
 
@@ -130,6 +132,8 @@ class SampleStore(Sequence):
 
 
 NO_MEDIA, IMAGE, VIDEO = 0, 1, 2
+_MEDIA_NAMES = {NO_MEDIA: None, IMAGE: "image", VIDEO: "video"}
+CALIBRATION_SAMPLES = 256  # samples tokenised exactly to fit the text part of the length estimate
 
 
 def _media_kind(sample: Any) -> int:
@@ -233,15 +237,39 @@ class LlavaVideoDataset(Dataset):
 
     def lengths(self) -> np.ndarray:
         """Estimated tokens per sample, without decoding anything: the visual tokens of
-        ``num_frames`` frames (one for an image) plus a quarter of the text's characters.
+        ``num_frames`` frames (one for an image) plus the text's tokens, estimated from its
+        characters by a line fitted to up to ``CALIBRATION_SAMPLES`` samples tokenised exactly
+        (the chat template's own tokens are the line's intercept).
 
-        Good enough to group samples of similar length; a clip shorter than ``num_frames`` gives
-        fewer visual tokens than estimated.
+        Good enough to group and pack samples; a clip shorter than ``num_frames`` gives fewer
+        visual tokens than estimated.
         """
         per_video = self.processor.num_visual_tokens(self.num_frames, self.settings)
         per_image = self.processor.num_visual_tokens(1, self.settings)
         visual = np.select([self.samples.media == VIDEO, self.samples.media == IMAGE], [per_video, per_image], 0)
-        return visual + self.samples.text_chars // 4 + 1
+        intercept, slope = self._text_tokens_per_char()
+        return visual + np.ceil(intercept + slope * self.samples.text_chars).astype(np.int64)
+
+    def _text_tokens_per_char(self) -> tuple[float, float]:
+        """(tokens of an empty conversation, tokens per character), fitted by least squares to a
+        seeded pick of samples (visual placeholders expanded to nothing); (1, 1/4) if none parses."""
+        pick = np.random.default_rng(0).permutation(len(self.samples))[:CALIBRATION_SAMPLES]
+        chars, tokens = [], []
+        for i in pick.tolist():
+            sample = self.samples[i]
+            media = _MEDIA_NAMES[int(self.samples.media[i])]
+            try:
+                ids, _ = encode_conversation(self.processor, sample.get("conversations"), media, 0)
+            except (DataError, AttributeError, TypeError, ValueError):
+                continue
+            chars.append(int(self.samples.text_chars[i]))
+            tokens.append(len(ids))
+        if not tokens:
+            return 1.0, 0.25
+        if len(set(chars)) < 2:  # one length: no slope to fit
+            return float(np.mean(tokens)) - 0.25 * chars[0], 0.25
+        slope, intercept = np.polyfit(np.asarray(chars, float), np.asarray(tokens, float), 1)
+        return float(intercept), float(max(slope, 0.0))
 
     def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
         try:
@@ -281,6 +309,7 @@ class LlavaVideoDataset(Dataset):
             "labels": torch.tensor(labels, dtype=torch.long),
             "pixel_values_videos": pixels if media == "video" else None,
             "pixel_values": pixels[0] if media == "image" and pixels is not None else None,
+            "visual_tokens": visual,
         }
 
 
@@ -323,6 +352,7 @@ class SynthVideoDataset(Dataset):
             "labels": torch.tensor(labels, dtype=torch.long),
             "pixel_values_videos": self.processor.preprocess_frames(sample.frames),
             "pixel_values": None,
+            "visual_tokens": self.visual,
         }
 
 
@@ -356,35 +386,94 @@ def build_dataset(
 class StormCollator:
     """Right-pads a batch, builds the attention mask, drops and counts bad samples.
 
-    Returns model inputs plus ``skipped`` (the reasons), which the loop removes before the call.
-    Clips of different lengths travel as a list (the model scans each clip on its own).
+    Returns model inputs (``use_cache=False``: training needs no KV cache) plus ``skipped`` (the
+    reasons) and ``counts`` (samples, tokens and visual tokens of the batch), which the loop
+    removes before the call. Clips of different lengths travel
+    as a list (the model scans each clip on its own).
+
+    With ``pack_tokens`` the samples are packed instead: first-fit by decreasing length into rows of
+    at most ``pack_tokens`` tokens, each sample's position ids restarting at 0 and no attention
+    mask, so the LLM attends block-diagonally (transformers' ``masking_utils`` reads the packing
+    from the position ids, as flash-attention's varlen path does) and every sample sees exactly
+    what it sees alone. A row's padding is a block of its own. The first label of each sample is
+    ignored: alone it is never predicted, packed it would be predicted from the previous sample.
+    Clips and images are listed in the order their placeholders appear (row by row), which is the
+    order the model splices them in.
     """
 
-    def __init__(self, pad_token_id: int) -> None:
+    def __init__(self, pad_token_id: int, pack_tokens: int | None = None) -> None:
         self.pad_token_id = pad_token_id
+        self.pack_tokens = pack_tokens
 
     def __call__(self, items: list[dict[str, Any] | BadSample]) -> dict[str, Any]:
         good = [it for it in items if not isinstance(it, BadSample)]
         skipped = [it.reason for it in items if isinstance(it, BadSample)]
         if not good:
             return {"skipped": skipped}
-        length = max(len(it["input_ids"]) for it in good)
-        input_ids = torch.full((len(good), length), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(good), length), IGNORE, dtype=torch.long)
-        attention = torch.zeros((len(good), length), dtype=torch.long)
-        for row, it in enumerate(good):
-            n = len(it["input_ids"])
-            input_ids[row, :n], labels[row, :n], attention[row, :n] = it["input_ids"], it["labels"], 1
-        batch: dict[str, Any] = {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
-        videos = [it["pixel_values_videos"] for it in good if it["pixel_values_videos"] is not None]
-        images = [it["pixel_values"] for it in good if it["pixel_values"] is not None]
+        rows = self._rows(good)
+        length = max(sum(len(it["input_ids"]) for it in row) for row in rows)
+        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
+        attention = torch.zeros((len(rows), length), dtype=torch.long)
+        positions = torch.zeros((len(rows), length), dtype=torch.long)
+        for r, row in enumerate(rows):
+            start = 0
+            for it in row:
+                n = len(it["input_ids"])
+                input_ids[r, start : start + n], labels[r, start : start + n] = it["input_ids"], it["labels"]
+                labels[r, start] = IGNORE
+                attention[r, start : start + n], positions[r, start : start + n] = 1, torch.arange(n)
+                start += n
+            positions[r, start:] = torch.arange(length - start)  # the padding: a block of its own
+        # no KV cache in training: transformers' Qwen2 would fill one, and with a cache it ignores the packing
+        batch: dict[str, Any] = {"input_ids": input_ids, "labels": labels, "use_cache": False}
+        if self.pack_tokens is None:
+            batch["attention_mask"] = attention
+        else:
+            batch["position_ids"] = positions
+        ordered = [it for row in rows for it in row]
+        videos = [it["pixel_values_videos"] for it in ordered if it["pixel_values_videos"] is not None]
+        images = [it["pixel_values"] for it in ordered if it["pixel_values"] is not None]
         if videos:
             same = len({v.shape for v in videos}) == 1
             batch["pixel_values_videos"] = torch.stack(videos) if same else videos
         if images:
             batch["pixel_values"] = torch.stack(images)
         batch["skipped"] = skipped
+        batch["counts"] = {
+            "samples": len(good),
+            "tokens": int(attention.sum()),
+            "visual": sum(int(it["visual_tokens"]) for it in good),
+        }
         return batch
+
+    def _rows(self, items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """One sample per row, or (packing) first-fit decreasing into rows of ``pack_tokens``."""
+        if self.pack_tokens is None:
+            return [[it] for it in items]
+        lengths = [len(it["input_ids"]) for it in items]
+        if max(lengths) > self.pack_tokens:
+            raise DataError(f"a sample of {max(lengths)} tokens does not fit data.pack_tokens {self.pack_tokens}")
+        return [[items[i] for i in row] for row in first_fit_decreasing(lengths, self.pack_tokens)]
+
+
+def first_fit_decreasing(lengths: Sequence[int] | np.ndarray, capacity: int) -> list[list[int]]:
+    """Positions of ``lengths`` packed into rows of at most ``capacity`` (an item over it gets a row
+    of its own): longest first, each into the first row with room. Deterministic: ties keep their
+    order. Within 11/9 of the fewest rows possible (plus one)."""
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    free = np.empty(len(order), dtype=np.int64)
+    rows: list[list[int]] = []
+    for i in order.tolist():
+        n = int(lengths[i])
+        fits = np.flatnonzero(free[: len(rows)] >= n)
+        if len(fits):
+            rows[fits[0]].append(i)
+            free[fits[0]] -= n
+        else:
+            free[len(rows)] = capacity - n
+            rows.append([i])
+    return rows
 
 
 class SeededSampler(Sampler[int]):
@@ -458,3 +547,77 @@ class LengthGroupedSampler(SeededSampler):
             for b in tail:
                 out += b.tolist()
         return out
+
+
+class PackedBatchSampler(Sampler[list[int]]):
+    """Batches of whole samples that pack into ``batch_size`` rows of ``pack_tokens`` tokens each,
+    by estimated length; in an order fixed by (seed, epoch), resumable by whole batches.
+
+    The seeded shuffle of :class:`SeededSampler` is cut into windows of about ``group_size``
+    batches' worth of estimated tokens; each window is packed first-fit by decreasing length into
+    rows, the fullest rows (a multiple of ``batch_size``) are shuffled and cut into batches of
+    ``batch_size`` rows, and the samples of the rest carry over into the next window. The number of
+    samples per batch varies (accelerate shards such a batch sampler by whole batches, process
+    ``i`` taking batches ``i``, ``i + n``, ...), so a resumed run skips whole batches
+    (:meth:`start_epoch`). The collator packs
+    the decoded samples again by their real lengths (an estimate may be off by a few tokens).
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int] | np.ndarray,
+        pack_tokens: int,
+        batch_size: int,
+        seed: int,
+        group_size: int = 64,
+    ) -> None:
+        self.shuffle = SeededSampler(len(lengths), seed)
+        # an estimate over the budget still gets a row (its real length is checked on decoding)
+        self.lengths = np.minimum(np.asarray(lengths, dtype=np.int64), pack_tokens)
+        self.pack_tokens, self.rows_per_batch, self.group_size, self.seed = pack_tokens, batch_size, group_size, seed
+        self.epoch, self.skip = 0, 0
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    def start_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip_batches
+
+    def set_epoch(self, epoch: int) -> None:  # inert, as SeededSampler's
+        pass
+
+    def batches(self) -> list[list[int]]:
+        """Every batch of this epoch (cached: ``len`` and iteration draw them once)."""
+        if self._cache is None or self._cache[0] != self.epoch:
+            self.shuffle.start_epoch(self.epoch)
+            self._cache = (self.epoch, self._pack(np.asarray(self.shuffle.order(), dtype=np.int64)))
+        return self._cache[1]
+
+    def _pack(self, shuffled: np.ndarray) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch, 2])
+        cumulative = np.cumsum(self.lengths[shuffled])
+        window_tokens = self.group_size * self.rows_per_batch * self.pack_tokens
+        out: list[list[int]] = []
+        carried: list[int] = []
+        start = 0
+        while start < len(shuffled):
+            done = int(cumulative[start - 1]) if start else 0
+            need = window_tokens - int(self.lengths[carried].sum())
+            end = int(np.searchsorted(cumulative, done + need, side="left")) + 1
+            window = carried + shuffled[start:end].tolist()
+            start = min(end, len(shuffled))
+            rows = [[window[j] for j in row] for row in first_fit_decreasing(self.lengths[window], self.pack_tokens)]
+            last = start >= len(shuffled)
+            whole = len(rows) if last else len(rows) // self.rows_per_batch * self.rows_per_batch
+            # the emptiest rows' samples go on to the next window, to be packed with its samples
+            fill = [-int(self.lengths[row].sum()) for row in rows]
+            by_fill = [rows[i] for i in np.argsort(fill, kind="stable")]
+            kept = [by_fill[i] for i in rng.permutation(whole)]
+            for b in range(0, whole, self.rows_per_batch):
+                out.append([i for row in kept[b : b + self.rows_per_batch] for i in row])
+            carried = [i for row in by_fill[whole:] for i in row]
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches()[self.skip :])
+
+    def __len__(self) -> int:
+        return len(self.batches()) - self.skip

@@ -62,7 +62,7 @@ from ..model_dir import atomic_directory, share_like_umask
 from ..modeling.modeling_storm import StormForConditionalGeneration
 from ..modeling.reduction import ReductionSettings
 from ..processing_storm import StormProcessor
-from .data import DataError, LengthGroupedSampler, SeededSampler, StormCollator
+from .data import DataError, LengthGroupedSampler, PackedBatchSampler, SeededSampler, StormCollator
 from .mixture import build_training_dataset
 from .recipe import RecipeError, TrainRecipe
 from .stages import configure_stage, module_of, param_groups
@@ -361,7 +361,6 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
     set_seed(recipe.seed)
 
     model, processor, counts = _model_for_stage(recipe)
-    model_config = model.config  # before accelerate wraps the model
     dataset, sampler, loader = _data(recipe, model, processor)
     optimizer = torch.optim.AdamW(param_groups(model, recipe.optim), betas=recipe.optim.betas)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -388,7 +387,6 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
         params = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items())
         console.print(f"stage {recipe.stage}: trainable {params}; {len(dataset)} samples, {total_steps} steps")
     _start_trackers(accelerator, recipe, resumed_at=step)
-    visual_ids = {i for i in (model_config.video_token_id, model_config.image_token_id) if i is not None}
 
     window = _new_window()
     last_loss, last_acc = float("nan"), float("nan")
@@ -409,16 +407,14 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
     with _closing_trackers(accelerator), progress, _StopSignals() as stop:
         task = progress.add_task("train", total=total_steps, completed=step, info="")
         while step < total_steps:
-            # resuming mid-epoch: skip the samples of the batches every process already consumed
-            sampler.start_epoch(epoch, skip=batches_done * recipe.optim.batch_size * accelerator.num_processes)
+            # resuming mid-epoch: skip the batches every process already consumed
+            _start_epoch(sampler, epoch, batches_done * accelerator.num_processes, recipe.optim.batch_size)
             whole_epoch, epoch_samples = batches_done == 0, 0
             for micro_batches in _windows(loader, recipe.optim.grad_accum):
                 batches_done += len(micro_batches)
                 for batch in micro_batches:
                     skipped += batch.pop("skipped", [])
-                _optimizer_step(
-                    accelerator, model, optimizer, micro_batches, recipe.optim.max_grad_norm, window, visual_ids
-                )
+                _optimizer_step(accelerator, model, optimizer, micro_batches, recipe.optim.max_grad_norm, window)
                 scheduler.step()
                 step += 1
                 stats = _reduced_stats(accelerator, window, stop.received)
@@ -442,6 +438,7 @@ def train(recipe: TrainRecipe, stop_after_steps: int | None = None, console: Con
                     "grad_norm": window["grad_norm"],  # before clipping; the same on every process
                     "tokens_per_s": float(stats[3]) / elapsed,
                     "samples_per_s": float(stats[4]) / elapsed,
+                    "samples": int(stats[4]),  # this step's, over every process (packed rows: varies)
                     "visual_tokens_per_sample": float(stats[7] / stats[4]) if stats[4] > 0 else 0.0,
                     "skipped": len(skipped),
                     "processes": accelerator.num_processes,
@@ -652,21 +649,37 @@ def _enable_on_transformers_model(module: torch.nn.Module, part: str) -> None:
 
 def _data(
     recipe: TrainRecipe, model: StormForConditionalGeneration, processor: StormProcessor
-) -> tuple[Any, SeededSampler, DataLoader]:
+) -> tuple[Any, SeededSampler | PackedBatchSampler, DataLoader]:
     """The dataset, its seeded (resumable) sampler and the loader.
 
     With ``data.group_by_length`` the sampler batches samples of similar estimated length, in
-    windows whose blocks of one step's batches (every process's) stay together. Decoding runs in
-    ``data.num_workers`` worker processes; the sampler's order is drawn in the main process, so
-    workers change nothing about which samples a step sees, and resume stays exact.
+    windows whose blocks of one step's batches (every process's) stay together; with
+    ``data.pack_tokens`` a batch sampler packs samples into ``batch_size`` rows of that many
+    tokens. Decoding runs in ``data.num_workers`` worker processes; the sampler's order is drawn in
+    the main process, so workers change nothing about which samples a step sees, and resume stays
+    exact.
     """
     settings = ReductionSettings.resolve(model.config, training=True)
     dataset = build_training_dataset(recipe.data, processor, settings, recipe.seed)
-    sampler: SeededSampler
-    if recipe.data.group_by_length:
+    collate = StormCollator(processor.tokenizer.pad_token_id, pack_tokens=recipe.data.pack_tokens)
+    loader_for = functools.partial(
+        DataLoader,
+        dataset,
+        collate_fn=collate,
+        num_workers=recipe.data.num_workers,
+        worker_init_fn=_ignore_stop_signals if recipe.data.num_workers > 0 else None,
+    )
+    sampler: SeededSampler | PackedBatchSampler
+    if recipe.data.group_by_length or recipe.data.pack_tokens is not None:
         lengths = getattr(dataset, "lengths", None)
         if lengths is None:
-            raise RecipeError("data.group_by_length needs data.json or data.mixture (generated clips are one length)")
+            option = "data.group_by_length" if recipe.data.group_by_length else "data.pack_tokens"
+            raise RecipeError(f"{option} needs data.json or data.mixture (generated clips are one length)")
+        if recipe.data.pack_tokens is not None:
+            sampler = PackedBatchSampler(
+                lengths(), recipe.data.pack_tokens, recipe.optim.batch_size, recipe.seed, recipe.data.group_size
+            )
+            return dataset, sampler, loader_for(batch_sampler=sampler)
         sampler = LengthGroupedSampler(
             lengths(),
             recipe.optim.batch_size,
@@ -676,15 +689,16 @@ def _data(
         )
     else:
         sampler = SeededSampler(len(dataset), recipe.seed)
-    loader = DataLoader(
-        dataset,
-        batch_size=recipe.optim.batch_size,
-        sampler=sampler,
-        collate_fn=StormCollator(processor.tokenizer.pad_token_id),
-        num_workers=recipe.data.num_workers,
-        worker_init_fn=_ignore_stop_signals if recipe.data.num_workers > 0 else None,
-    )
+    loader = loader_for(batch_size=recipe.optim.batch_size, sampler=sampler)
     return dataset, sampler, loader
+
+
+def _start_epoch(sampler: SeededSampler | PackedBatchSampler, epoch: int, batches: int, batch_size: int) -> None:
+    """Start ``epoch`` after ``batches`` global batches (every process's) already consumed."""
+    if isinstance(sampler, PackedBatchSampler):
+        sampler.start_epoch(epoch, skip_batches=batches)  # batches of varying sample counts
+    else:
+        sampler.start_epoch(epoch, skip=batches * batch_size)
 
 
 def _optimizer_step(
@@ -694,7 +708,6 @@ def _optimizer_step(
     micro_batches: list[dict[str, Any]],
     max_grad_norm: float,
     window: dict[str, Any],
-    visual_ids: set[int] | frozenset[int] = frozenset(),
 ) -> None:
     """One optimizer step over a window of micro-batches: the loss is the mean over every target
     token of the window on every process (see ``_global_target_count``); adds to ``window``.
@@ -707,15 +720,13 @@ def _optimizer_step(
     for i, batch in enumerate(micro_batches):
         with _micro_batch(accelerator, model, last=i == len(micro_batches) - 1):
             if "input_ids" in batch:
+                counts = batch.pop("counts")  # samples, tokens, visual tokens: the collator's (packed or not)
                 outputs = model(**batch, num_items_in_batch=targets)  # Σ token losses / targets
                 loss = outputs.loss
                 correct, total = _token_accuracy(outputs.logits.detach(), batch["labels"])
-                window["tokens"] += int(batch["attention_mask"].sum())
-                window["samples"] += batch["input_ids"].shape[0]
-                placeholders = torch.isin(
-                    batch["input_ids"], torch.tensor(sorted(visual_ids), device=batch["input_ids"].device)
-                )
-                window["visual"] += int((placeholders & batch["attention_mask"].bool()).sum())
+                window["tokens"] += counts["tokens"]
+                window["samples"] += counts["samples"]
+                window["visual"] += counts["visual"]
             else:  # every sample of the batch was bad: a zero step keeps processes in sync
                 loss = sum(p.reshape(-1)[0] * 0.0 for p in model.parameters() if p.requires_grad)
                 correct = total = 0

@@ -20,6 +20,7 @@ import yaml
 from ..limits import (
     MAX_FRAMES,
     MAX_GROUP_BATCHES,
+    MAX_PACK_TOKENS,
     MAX_REDUCTION,
     MAX_SYNTH_SAMPLES,
     MAX_SYNTH_SIZE,
@@ -80,7 +81,9 @@ class DataConfig:
     max_length: int = 4096  # samples longer than this (visual tokens included) are skipped
     num_workers: int = 0  # DataLoader worker processes decoding video (0: in the training process)
     group_by_length: bool = False  # batch samples of similar estimated length (fewer pad tokens)
-    group_size: int = 64  # batches per length-grouping window (larger: closer lengths, less randomness)
+    group_size: int = 64  # batches per length-grouping (or packing) window (larger: closer lengths, less randomness)
+    # pack several samples per row, up to this many tokens (>= max_length; batch_size is then rows per batch)
+    pack_tokens: int | None = None
     strict: bool = False  # fail on the first bad sample instead of skipping it
 
 
@@ -169,6 +172,14 @@ class TrainRecipe:
             raise RecipeError(f"data.num_frames must be 1 to {MAX_FRAMES}, got {self.data.num_frames!r}")
         if self.data.max_length < 1:
             raise RecipeError(f"data.max_length must be >= 1, got {self.data.max_length!r}")
+        if self.data.pack_tokens is not None:
+            if not self.data.max_length <= self.data.pack_tokens <= MAX_PACK_TOKENS:
+                raise RecipeError(
+                    f"data.pack_tokens must be data.max_length ({self.data.max_length}) to {MAX_PACK_TOKENS:,}, "
+                    f"got {self.data.pack_tokens!r}: every sample must fit one row"
+                )
+            if self.data.group_by_length:
+                raise RecipeError("data.pack_tokens and data.group_by_length exclude each other (packing groups rows)")
         for name in ("temporal_pool", "spatial_pool"):
             value = getattr(self, name)
             if value is not None and not 1 <= value <= MAX_REDUCTION:
