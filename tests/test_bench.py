@@ -9,7 +9,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from storm_vlm.bench import CONFIGS, preset_config, run_bench
-from storm_vlm.bench.flops import llm_flops, projector_flops, scan_flops, temporal_flops, vision_flops
+from storm_vlm.bench.flops import (
+    conv_flops,
+    llm_flops,
+    projector_flops,
+    scan_flops,
+    temporal_flops,
+    vision_flops,
+)
 from storm_vlm.bench.report import write_report
 from storm_vlm.modeling.reduction import ReductionSettings, num_visual_tokens
 
@@ -37,8 +44,9 @@ def test_analytic_flops_match_the_flop_counter(projector):
         grid = config.patch_grid
         assert counted(lambda: model.projector(feats, grid)) == pytest.approx(projector_flops(config, frames), rel=0.05)
         tokens = model.projector(feats, grid).view(1, frames, -1, config.hidden_size)
-        expected_temporal = temporal_flops(config, frames) - scan_flops(config, frames)  # the fused scan is invisible
-        assert counted(lambda: model.apply_temporal(tokens)) == pytest.approx(expected_temporal, rel=0.05, abs=1)
+        # numba's fused scan is invisible to the counter, and in CPU inference the fused conv too
+        expected_temporal = temporal_flops(config, frames) - scan_flops(config, frames) - conv_flops(config, frames)
+        assert counted(lambda: model.apply_temporal(tokens)) == pytest.approx(expected_temporal, rel=0.01, abs=1)
         seq = 40
         embeds = torch.randn(1, seq, config.hidden_size)
         prefill, _ = llm_flops(config, seq)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import MambaConfig
 from transformers.models.mamba.modeling_mamba import MambaMixer as HFMambaMixer
@@ -75,3 +76,74 @@ def test_temporal_encoder_is_residual_prenorm_with_final_norm():
         seq = x.reshape(2, 12, 8)
         expected = encoder.norm(seq + block.mixer(block.norm(seq))).view(2, 3, 4, 8)  # Eq. 5 + final norm
         torch.testing.assert_close(encoder(x), expected)
+
+
+def _fused_calls(monkeypatch) -> list[bool]:
+    """Record every call of the fused path's conv kernel (its ``reverse`` flag)."""
+    from storm_vlm.modeling import scan_cpu
+
+    calls: list[bool] = []
+    real = scan_cpu.conv_silu_arrays
+
+    def spy(x, weight, bias, reverse=False):
+        calls.append(reverse)
+        return real(x, weight, bias, reverse)
+
+    monkeypatch.setattr(scan_cpu, "conv_silu_arrays", spy)
+    return calls
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("length", [1, 2, 3, 37, 600])
+def test_fused_cpu_inference_equals_the_general_path(monkeypatch, bidirectional, length):
+    """The fused CPU path (numba conv + SiLU, reverse-time scan averaging in place) against the
+    branches as written (conv, SiLU, flips, the scan through autograd's entry, the mean)."""
+    calls = _fused_calls(monkeypatch)
+    mixer = MambaMixer(temporal_config(48, d_state=8, bidirectional=bidirectional)).eval()
+    x = torch.randn(2, length, 48)
+    with torch.no_grad():
+        fused = mixer(x)
+        assert calls == ([False, True] if bidirectional else [False])  # it ran, both directions
+        mixer.fused_cpu = False
+        general = mixer(x)
+    assert len(calls) == (2 if bidirectional else 1)  # the general path does not use it
+    torch.testing.assert_close(fused, general, rtol=1e-5, atol=1e-6)
+    assert fused.abs().max() > 1e-3  # not trivially equal
+
+
+def test_the_built_model_runs_the_fused_path_in_inference_and_the_general_path_in_training(monkeypatch):
+    """As users run it: the built model's temporal module is fused under no_grad and equal to the
+    general path; with gradients it takes the general path (the fused one has no backward)."""
+    from storm_vlm.presets import build_tiny
+
+    calls = _fused_calls(monkeypatch)
+    model, _ = build_tiny()
+    tokens = torch.randn(1, 3, 16, model.config.hidden_size)
+    with torch.no_grad():
+        fused = model.model.apply_temporal(tokens)
+    assert len(calls) == 2 * model.config.temporal_layers  # both directions of every block
+    mixers = [m for m in model.modules() if isinstance(m, MambaMixer)]
+    for m in mixers:
+        m.fused_cpu = False
+    with torch.no_grad():
+        general = model.model.apply_temporal(tokens)
+    torch.testing.assert_close(fused, general, rtol=1e-5, atol=1e-6)
+    for m in mixers:
+        m.fused_cpu = True
+    calls.clear()
+    model.train()
+    model.model.apply_temporal(tokens).sum().backward()  # gradients: the general path
+    assert calls == [] and mixers[0].forward_branch.conv1d.weight.grad is not None
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 4, 5, 41])
+def test_conv_silu_kernel_is_the_causal_conv_and_its_mirror(length):
+    from storm_vlm.modeling.mamba import causal_conv1d
+    from storm_vlm.modeling.scan_cpu import conv_silu_arrays
+
+    x, w, b = torch.randn(2, 24, length), torch.randn(24, 4), torch.randn(24)
+    torch.testing.assert_close(torch.from_numpy(conv_silu_arrays(x.numpy(), w.numpy(), b.numpy())),
+                               causal_conv1d(x, w, b), rtol=1e-5, atol=1e-6)  # fmt: skip
+    mirror = causal_conv1d(x.flip(-1), w, b).flip(-1)  # what the backward branch computes
+    got = conv_silu_arrays(x.numpy(), w.numpy(), b.numpy(), reverse=True)
+    torch.testing.assert_close(torch.from_numpy(got), mirror, rtol=1e-5, atol=1e-6)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..configuration_storm import StormConfig
 from ..modeling.reduction import ReductionSettings, num_visual_tokens
 
-__all__ = ["StageFlops", "kv_cache_bytes", "scan_flops", "stage_flops"]
+__all__ = ["StageFlops", "conv_flops", "kv_cache_bytes", "scan_flops", "stage_flops"]
 
 
 @dataclass
@@ -57,6 +57,16 @@ def scan_flops(config: StormConfig, frames: int) -> float:
     length = frames * config.token_grid[0] * config.token_grid[1]
     directions = 2 if config.bidirectional else 1
     return config.temporal_layers * directions * 9 * length * config.expand * config.hidden_size * config.d_state
+
+
+def conv_flops(config: StormConfig, frames: int) -> float:
+    """The depthwise convs alone (2·L·E·W per direction and layer): numba's in CPU inference
+    (``MambaMixer``'s fused path), so invisible to the counter there."""
+    if config.projector_type != "storm" or config.temporal_layers == 0:
+        return 0.0
+    length = frames * config.token_grid[0] * config.token_grid[1]
+    directions = 2 if config.bidirectional else 1
+    return config.temporal_layers * directions * 2 * length * config.expand * config.hidden_size * config.d_conv
 
 
 def temporal_flops(config: StormConfig, frames: int) -> float:

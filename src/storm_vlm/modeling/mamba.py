@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -379,6 +380,18 @@ class SSMBranch(nn.Module):
         return y, BranchState(conv=tail, ssm=last)
 
 
+def _fused_cpu_applies(mixer: nn.Module, xz: torch.Tensor) -> bool:
+    """Whether :meth:`MambaMixer._branches_fused_cpu` may run: the numba scan is what
+    :func:`scan_backend` picks, fp32 on CPU, and nothing needs a gradient (it has no backward)."""
+    if xz.device.type != "cpu" or xz.dtype != torch.float32 or not scan_cpu.is_available():
+        return False
+    if os.environ.get("STORM_SCAN_BACKEND", "auto") not in ("auto", "cpu"):
+        return False
+    if torch.is_grad_enabled() and (xz.requires_grad or any(p.requires_grad for p in mixer.parameters())):
+        return False
+    return all(p.dtype == torch.float32 for p in mixer.parameters())
+
+
 class MambaMixer(nn.Module):
     """Mamba-1 mixer; with ``bidirectional=True`` the Vision-Mamba "v2" bidirectional variant.
 
@@ -408,6 +421,9 @@ class MambaMixer(nn.Module):
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
         keep_default_init(self.in_proj)
         keep_default_init(self.out_proj, out_scale)
+        # inference on CPU through the fused numba path when it applies (_fused_cpu_applies);
+        # False: always the general path (the fused path's reference in tests and benchmarks)
+        self.fused_cpu = True
 
     def forward(
         self, hidden_states: torch.Tensor, state: BranchState | None = None, return_state: bool = False
@@ -424,8 +440,55 @@ class MambaMixer(nn.Module):
                 raise ValueError("a bidirectional mixer cannot stream: it needs the whole sequence")
             y, new_state = self.forward_branch(x, z, state, return_state=True)
             return self.out_proj(y.transpose(1, 2).to(hidden_states.dtype)), new_state
-        y = self.forward_branch(x, z)
-        if self.backward_branch is not None:
-            y_back = self.backward_branch(x.flip(-1), z.flip(-1)).flip(-1)
-            y = (y + y_back) / 2
+        if self.fused_cpu and _fused_cpu_applies(self, xz):
+            y = self._branches_fused_cpu(x, z)
+        else:
+            y = self.forward_branch(x, z)
+            if self.backward_branch is not None:
+                y_back = self.backward_branch(x.flip(-1), z.flip(-1)).flip(-1)
+                y = (y + y_back) / 2
         return self.out_proj(y.transpose(1, 2).to(hidden_states.dtype))
+
+    @torch.no_grad()
+    def _branches_fused_cpu(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Both branches' gated, averaged scan output ``(B, E, L)`` for inference on CPU.
+
+        What the branches compute, step for step (x_proj, dt_proj, the scan), with three things
+        fused away: the conv + SiLU is one numba pass (mkldnn's depthwise conv and a separate
+        SiLU took 3x as long); the backward branch runs its conv anti-causally and its scan in
+        reverse time instead of on flipped copies (three flips of ``(B, E, L)``); and its scan
+        writes the mean of the two directions into the forward branch's output, in place.
+        Equal to the general path (tests/test_mixer.py).
+        """
+        z_np = z.numpy()
+        y = np.empty(tuple(x.shape), np.float32)
+        branches = [(self.forward_branch, False)]
+        if self.backward_branch is not None:
+            branches.append((self.backward_branch, True))
+        for branch, reverse in branches:
+            conv = branch.conv1d
+            u = scan_cpu.conv_silu_arrays(
+                x.numpy(),
+                conv.weight.detach().squeeze(1).numpy(),
+                cast(torch.Tensor, conv.bias).detach().numpy(),
+                reverse,
+            )
+            r, n = branch.dt_rank, branch.d_state
+            delta, B, C = torch.split(branch.x_proj(torch.from_numpy(u).transpose(1, 2)), [r, n, n], dim=-1)
+            delta = branch.dt_proj.weight @ delta.transpose(1, 2)  # (B, E, L); bias added in the scan
+            scan_cpu.scan_forward_arrays(
+                u,
+                delta.numpy(),
+                np.ascontiguousarray((-torch.exp(branch.A_log.detach())).numpy()),
+                scan_cpu.grouped_t(B.transpose(1, 2)),
+                scan_cpu.grouped_t(C.transpose(1, 2)),
+                branch.D.detach().numpy(),
+                z_np,
+                branch.dt_proj.bias.detach().numpy(),
+                np.zeros((x.shape[0], x.shape[1], n), np.float32),
+                y,
+                softplus=True,
+                reverse=reverse,
+                average=reverse,  # the backward branch comes second: (forward + backward) / 2
+            )
+        return torch.from_numpy(y)

@@ -40,7 +40,15 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CHUNK", "is_available", "numba_cache_dir", "scan_forward_arrays", "selective_scan_cpu"]
+__all__ = [
+    "CHUNK",
+    "conv_silu_arrays",
+    "grouped_t",
+    "is_available",
+    "numba_cache_dir",
+    "scan_forward_arrays",
+    "selective_scan_cpu",
+]
 
 CHUNK = 128  # steps per state checkpoint (and per tile of the backward)
 TILE = 512  # steps per tile of the forward (a multiple of CHUNK): long rows keep the transposing copies cheap
@@ -266,6 +274,32 @@ if _NUMBA:
                     last[b, d0 + j, n] = h[n, j]
 
     @njit(parallel=True, fastmath=_FAST, cache=True)
+    def _conv_silu(x, weight, bias, out, reverse):
+        """Depthwise conv + SiLU per channel row of ``(B, E, L)`` (time contiguous):
+        out[t] = SiLU(bias + Σ_k w[k] · x[t - (W-1) + k]), zeros before the start; with ``reverse``
+        the anti-causal mirror x[t + (W-1) - k], zeros after the end (the causal conv of the
+        flipped row, flipped back). One pass over the row per tap, time innermost: it vectorises."""
+        batch, dim, length = x.shape
+        width = weight.shape[1]
+        for job in prange(batch * dim):
+            b, d = job // dim, job % dim
+            row, res = x[b, d], out[b, d]
+            acc = np.empty(length, np.float32)  # its own buffer: provably not `row`, so no alias checks
+            for t in range(length):
+                acc[t] = bias[d]
+            for k in range(width):
+                wk = weight[d, k]
+                shift = width - 1 - k  # tap k reads `shift` steps back (reverse: ahead)
+                if reverse:
+                    for t in range(length - shift):
+                        acc[t] += wk * row[t + shift]
+                else:
+                    for t in range(shift, length):
+                        acc[t] += wk * row[t - shift]
+            for t in range(length):
+                res[t] = acc[t] * _sigmoid(acc[t])
+
+    @njit(parallel=True, fastmath=_FAST, cache=True)
     def _scan_bwd(
         u, delta, A, Bt, Ct, Dv, z, bias, ckpt, gout, glast, blocks, chunk, softplus, has_z, rev,
         du_out, ddelta_out, dz_out, dA_out, dD_out, dbias_out, dx0_out, dB_part, dC_part,
@@ -411,7 +445,7 @@ def _f32(t: torch.Tensor | None, shape: tuple[int, ...] = ()) -> np.ndarray:
     return t.numpy()
 
 
-def _grouped_t(M: torch.Tensor) -> np.ndarray:
+def grouped_t(M: torch.Tensor) -> np.ndarray:
     """``(B, N, L)`` or ``(B, G, N, L)`` → ``(B, G, L, N)`` float32, so a step reads N contiguous values."""
     if M.dim() == 3:
         M = M.unsqueeze(1)
@@ -463,6 +497,15 @@ def scan_forward_arrays(
     return last, ckpt
 
 
+def conv_silu_arrays(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, reverse: bool = False) -> np.ndarray:
+    """SiLU(depthwise conv) of ``x`` ``(B, E, L)`` with ``weight`` ``(E, W)``, ``bias`` ``(E,)``: causal
+    (:func:`storm_vlm.modeling.mamba.causal_conv1d` with zero history), or with ``reverse`` its
+    mirror, what the backward branch computes on the flipped sequence, without flipping."""
+    out = np.empty(x.shape, np.float32)
+    _conv_silu(x, np.ascontiguousarray(weight, np.float32), np.ascontiguousarray(bias, np.float32), out, reverse)
+    return out
+
+
 class _SelectiveScanCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
@@ -472,8 +515,8 @@ class _SelectiveScanCPU(torch.autograd.Function):
             _f32(u),
             _f32(delta),
             np.ascontiguousarray(_f32(A)),
-            _grouped_t(B),
-            _grouped_t(C),
+            grouped_t(B),
+            grouped_t(C),
             _f32(D, (dim,)),
             _f32(z, (1, 1, 1)),
             _f32(delta_bias, (dim,)),
