@@ -68,3 +68,25 @@ def tiny_train_overrides(data: Path, out: Path, *extra: str) -> list[str]:
         f"output_dir={out}",
     ]
     return base + list(extra)
+
+
+def whole_and_resumed(data: Path, tmp_path: Path, overrides: list[str], steps: int, cut_at: int) -> tuple[list, list]:
+    """Train the tiny recipe (``overrides`` on top) once uninterrupted in-process, and once in 2
+    DataLoader workers cut after ``cut_at`` steps and resumed; the two runs' log records."""
+    import json
+
+    from storm_vlm.train import load_recipe, train
+
+    def recipe(out: Path, *extra: str):
+        return load_recipe(None, tiny_train_overrides(data, out, *overrides, f"optim.max_steps={steps}", *extra))
+
+    assert train(recipe(tmp_path / "whole", "data.num_workers=0")).steps == steps
+    cut = tmp_path / "cut"
+    assert train(recipe(cut, "data.num_workers=2"), stop_after_steps=cut_at).final_dir is None
+    resumed = train(recipe(cut, "data.num_workers=2"))
+    assert resumed.steps == steps and resumed.final_dir is not None and resumed.final_dir.is_dir()
+
+    def records(out: Path) -> list:
+        return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+    return records(tmp_path / "whole"), records(cut)

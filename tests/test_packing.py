@@ -5,7 +5,6 @@ over processes and resumes by whole batches; a packed run resumes exactly with w
 from __future__ import annotations
 
 import itertools
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -173,30 +172,14 @@ def test_packing_recipe_bounds():
     assert load_recipe(None, [*base, "data.pack_tokens=1024"]).data.pack_tokens == 1024
 
 
-def _losses(out):
-    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-
-
 def test_a_packed_run_with_workers_resumes_exactly(data, tmp_path):
     """Packed rows decoded in 2 worker processes, cut after 2 steps and resumed: the losses of one
     uninterrupted in-process run, step by step."""
-    from storm_vlm.train import train
-
-    from .conftest import tiny_train_overrides
+    from .conftest import whole_and_resumed
 
     # two samples per row (each is 124 or 125 tokens, estimated 125 or 126), 2 rows a step
-    common = ["data.max_length=128", "data.pack_tokens=300", "data.group_size=1", "optim.max_steps=4", "save_every=1"]
-
-    def recipe(out, *extra):
-        return load_recipe(None, tiny_train_overrides(data, out, *common, *extra))
-
-    whole = train(recipe(tmp_path / "whole", "data.num_workers=0"))
-    assert whole.steps == 4
-    cut = tmp_path / "cut"
-    assert train(recipe(cut, "data.num_workers=2"), stop_after_steps=2).final_dir is None
-    resumed = train(recipe(cut, "data.num_workers=2"))
-    assert resumed.steps == 4 and resumed.final_dir.is_dir()
-    a, b = _losses(tmp_path / "whole"), _losses(cut)
+    common = ["data.max_length=128", "data.pack_tokens=300", "data.group_size=1", "save_every=1"]
+    a, b = whole_and_resumed(data, tmp_path, common, steps=4, cut_at=2)
     assert len(a) == len(b) == 4
     assert all(abs(x["loss"] - y["loss"]) <= 1e-6 for x, y in zip(a, b)), (a, b)
     assert [r["samples"] for r in a] == [r["samples"] for r in b] == [4, 4, 4, 4]  # 8 samples an epoch

@@ -210,16 +210,10 @@ def test_length_grouped_batches_are_similar_seeded_and_resumable():
     assert list(sampler) == fresh.order()[24:] and len(sampler) == 200 - 24
 
 
-def _losses(out):
-    return [json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().splitlines()]
-
-
 def test_mixture_with_length_grouping_and_workers_resumes_exactly(data, tmp_path):
     """Decoding in 2 worker processes and a resumed run give the losses of one uninterrupted
     in-process run, step by step, with a two-source mixture batched by length."""
-    from storm_vlm.train import load_recipe, train
-
-    from .conftest import tiny_train_overrides
+    from .conftest import whole_and_resumed
 
     mixture = tmp_path / "mix.yaml"
     mixture.write_text(
@@ -232,21 +226,11 @@ def test_mixture_with_length_grouping_and_workers_resumes_exactly(data, tmp_path
         f"data.mixture={mixture}",
         "data.group_by_length=true",
         "data.group_size=2",
-        "optim.max_steps=6",
         "save_every=1",
     ]
-
-    def recipe(out, *extra):
-        return load_recipe(None, tiny_train_overrides(data, out, *common, *extra))
-
-    whole = train(recipe(tmp_path / "whole", "data.num_workers=0"))
-    assert whole.steps == 6
-    cut = tmp_path / "cut"
-    assert train(recipe(cut, "data.num_workers=2"), stop_after_steps=3).final_dir is None
-    resumed = train(recipe(cut, "data.num_workers=2"))
-    assert resumed.steps == 6 and resumed.final_dir.is_dir()
-    a, b = _losses(tmp_path / "whole"), _losses(cut)
-    assert len(a) == len(b) == 6 and all(abs(x - y) <= 1e-6 for x, y in zip(a, b)), (a, b)
+    a, b = whole_and_resumed(data, tmp_path, common, steps=6, cut_at=3)
+    assert len(a) == len(b) == 6
+    assert all(abs(x["loss"] - y["loss"]) <= 1e-6 for x, y in zip(a, b)), (a, b)
 
 
 def test_recipe_data_sources_are_exclusive(tmp_path):
