@@ -92,3 +92,13 @@ def test_tiny_bench_run_and_report(tmp_path):
     assert any("none / k4s2" in n for n in notes)
     budget = run_bench("tiny", [16], ["none"], token_budget=40, measure=False)[0]
     assert budget.visual_tokens <= 40 and budget.settings == str(ReductionSettings(4, 1, 2))
+    assert all(c.runs == 1 for c in cells) and "one timed run per cell" in (tmp_path / "out" / "bench.md").read_text()
+
+
+def test_bench_repeat_reports_stage_medians(tmp_path):
+    (cell,) = run_bench("tiny", [4], ["k4s2"], workdir=tmp_path / "work", repeat=3)
+    assert cell.runs == 3 and cell.end_to_end_s == pytest.approx(
+        sum(cell.latency_s[k] for k in ("vision", "temporal", "prefill", "decoding"))
+    )
+    write_report([cell], tmp_path / "out", "tiny")
+    assert "stage medians of 3 timed runs per cell" in (tmp_path / "out" / "bench.md").read_text()

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .limits import (
+    MAX_BENCH_REPEAT,
     MAX_EVAL_BATCH_SIZE,
     MAX_FPS,
     MAX_FRAMES,
@@ -337,6 +338,9 @@ def bench(
     token_budget: Annotated[int | None, typer.Option(min=1, help="Fit every cell into N visual tokens.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for bench.md, bench.json and plots.")] = Path("outputs/bench"),
     new_tokens: Annotated[int, typer.Option(min=2, help="Tokens decoded per cell.")] = 16,
+    repeat: Annotated[
+        int, typer.Option(min=1, max=MAX_BENCH_REPEAT, help="Timed runs per cell after its warm-up (stage medians).")
+    ] = 1,
     device: Device = None,
     fast: Fast = None,
 ) -> None:
@@ -359,6 +363,7 @@ def bench(
         device=device,
         fast=fast,
         new_tokens=new_tokens,
+        repeat=repeat,
     )
     what = {
         "tiny": "tiny random STORM (tests)",

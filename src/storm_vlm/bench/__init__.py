@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,7 @@ class BenchCell:
     settings: str
     flops: dict[str, float]
     latency_s: dict[str, float] | None = None
+    runs: int = 1  # timed runs after the warm-up; latencies are their stage medians
     ttft_s: float | None = None
     decode_tokens_per_s: float | None = None
     peak_rss_mib: float | None = None
@@ -117,7 +119,10 @@ def _measure_cell(args: dict[str, Any]) -> dict[str, Any]:
     compile_s = time.perf_counter() - started if model.fast_path is not None else None
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    latency, visual_tokens = run(args["frames"])
+    runs = [run(args["frames"]) for _ in range(args.get("repeat", 1))]
+    visual_tokens = runs[0][1]
+    # the median of each stage over the timed runs (one run: as measured)
+    latency = {stage: statistics.median(r[0][stage] for r in runs) for stage in runs[0][0]}
     return {
         "latency_s": latency,
         "ttft_s": sum(latency[k] for k in ("decode", "vision", "temporal", "prefill")),
@@ -127,6 +132,7 @@ def _measure_cell(args: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss,
         "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         "compile_s": compile_s,
+        "runs": len(runs),
         "device": torch.cuda.get_device_name() if torch.device(args["device"]).type == "cuda" else "cpu",
         "fast_path": model.fast_path is not None,
     }
@@ -155,11 +161,13 @@ def run_bench(
     device: str | None = None,
     fast: bool | None = None,
     new_tokens: int = NEW_TOKENS,
+    repeat: int = 1,
 ) -> list[BenchCell]:
     """Every (configuration, frames) cell: analytic tokens and FLOPs, and (``measure``) timings.
 
     ``device`` defaults to CUDA when available; ``fast`` (default: on CUDA) uses the compiled
-    fast path (:mod:`storm_vlm.modeling.fast_path`). ``7b-shapes`` is measured only on CUDA
+    fast path (:mod:`storm_vlm.modeling.fast_path`). ``repeat`` times each cell that many times
+    after its warm-up and reports each stage's median. ``7b-shapes`` is measured only on CUDA
     (random bf16 weights); elsewhere it gives the arithmetic alone.
     """
     import torch
@@ -201,7 +209,7 @@ def run_bench(
                 k, p, s = chosen.temporal_pool, chosen.spatial_pool, chosen.temporal_sampling
                 spec = {"preset": preset, "projector": projector, "settings": [k, p, s], "frames": n,
                         "video": str(video), "model_dir": model_dir, "device": device, "fast": fast,
-                        "new_tokens": new_tokens}  # fmt: skip
+                        "new_tokens": new_tokens, "repeat": repeat}  # fmt: skip
                 payload = json.dumps(spec)
                 log(f"measuring {cell.config} at {n} frames ...")
                 proc = subprocess.run(
@@ -211,7 +219,7 @@ def run_bench(
                     raise RuntimeError(f"bench cell {name}/{n} failed: {proc.stderr.strip().splitlines()[-1:]}")
                 result = json.loads(proc.stdout.strip().splitlines()[-1])
                 for key in ("latency_s", "ttft_s", "end_to_end_s", "decode_tokens_per_s", "peak_rss_mib",
-                            "peak_gpu_mib", "compile_s", "device", "fast_path"):  # fmt: skip
+                            "peak_gpu_mib", "compile_s", "device", "fast_path", "runs"):  # fmt: skip
                     setattr(cell, key, result[key])
                 if result["visual_tokens"] != cell.visual_tokens:
                     raise RuntimeError(

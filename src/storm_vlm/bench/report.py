@@ -11,6 +11,13 @@ from . import STAGES, BenchCell, cells_to_json
 __all__ = ["write_report"]
 
 
+def _runs(cells: list) -> str:
+    counts = sorted({c.runs for c in cells})
+    if counts == [1]:
+        return "one timed run per cell"
+    return f"stage medians of {'/'.join(map(str, counts))} timed runs per cell"
+
+
 def _fmt(x: float | None, unit: str = "", scale: float = 1.0, digits: int = 2) -> str:
     return "—" if x is None else f"{x * scale:.{digits}f}{unit}"
 
@@ -42,7 +49,8 @@ def markdown_table(cells: list[BenchCell], title: str) -> str:
         lines += [
             "",
             f"Measured on {', '.join(sorted({str(c.device) for c in measured}))}; "
-            f"fast path {'on' if fast == {True} else 'off' if fast == {False} else 'mixed'}. "
+            f"fast path {'on' if fast == {True} else 'off' if fast == {False} else 'mixed'}; "
+            f"{_runs(measured)}. "
             "TTFT includes decoding the video file; end-to-end is frames in memory → answer "
             "(vision + Mamba/reduction + prefill + decoding).",
         ]
