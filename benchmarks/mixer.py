@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -26,12 +27,12 @@ from storm_vlm.modeling.temporal import TemporalEncoder
 from storm_vlm.presets import preset_config
 
 
-def _median_interleaved(fns: dict[str, object], repeat: int) -> dict[str, float]:
+def _median_interleaved(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
             start = time.perf_counter()
-            fn()  # type: ignore[operator]
+            fn()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
