@@ -162,6 +162,14 @@ def _causal_conv1d_kernel() -> Callable | None:
     return kernel
 
 
+def _forced_backend() -> str:
+    """``STORM_SCAN_BACKEND`` (default ``auto``), validated."""
+    forced = os.environ.get("STORM_SCAN_BACKEND", "auto")
+    if forced not in SCAN_BACKENDS:
+        raise ValueError(f"STORM_SCAN_BACKEND={forced!r}; expected one of {', '.join(SCAN_BACKENDS)}")
+    return forced
+
+
 def scan_backend(u: torch.Tensor, B: torch.Tensor, C: torch.Tensor, initial_state: torch.Tensor | None) -> str:
     """The one place that decides which selective scan runs (override: ``STORM_SCAN_BACKEND``).
 
@@ -169,9 +177,7 @@ def scan_backend(u: torch.Tensor, B: torch.Tensor, C: torch.Tensor, initial_stat
     else the Triton kernel when triton is installed (``storm-vlm[gpu]``), else the reference.
     CPU: the fused numba kernel. Time-invariant B/C (unused by STORM) always take the reference.
     """
-    forced = os.environ.get("STORM_SCAN_BACKEND", "auto")
-    if forced not in SCAN_BACKENDS:
-        raise ValueError(f"STORM_SCAN_BACKEND={forced!r}; expected one of {', '.join(SCAN_BACKENDS)}")
+    forced = _forced_backend()
     if forced != "auto":
         return forced
     variable_bc = B.dim() >= 3 and C.dim() >= 3
@@ -385,7 +391,7 @@ def _fused_cpu_applies(mixer: nn.Module, xz: torch.Tensor) -> bool:
     :func:`scan_backend` picks, fp32 on CPU, and nothing needs a gradient (it has no backward)."""
     if xz.device.type != "cpu" or xz.dtype != torch.float32 or not scan_cpu.is_available():
         return False
-    if os.environ.get("STORM_SCAN_BACKEND", "auto") not in ("auto", "cpu"):
+    if _forced_backend() not in ("auto", "cpu"):
         return False
     if torch.is_grad_enabled() and (xz.requires_grad or any(p.requires_grad for p in mixer.parameters())):
         return False

@@ -388,8 +388,8 @@ class StormCollator:
 
     Returns model inputs (``use_cache=False``: training needs no KV cache) plus ``skipped`` (the
     reasons) and ``counts`` (samples, tokens and visual tokens of the batch), which the loop
-    removes before the call. Clips of different lengths travel
-    as a list (the model scans each clip on its own).
+    removes before the call. Clips of different lengths travel as a list (the model scans each
+    clip on its own).
 
     With ``pack_tokens`` the samples are packed instead: first-fit by decreasing length into rows of
     at most ``pack_tokens`` tokens, each sample's position ids restarting at 0 and no attention
@@ -559,8 +559,8 @@ class PackedBatchSampler(Sampler[list[int]]):
     ``batch_size`` rows, and the samples of the rest carry over into the next window. The number of
     samples per batch varies (accelerate shards such a batch sampler by whole batches, process
     ``i`` taking batches ``i``, ``i + n``, ...), so a resumed run skips whole batches
-    (:meth:`start_epoch`). The collator packs
-    the decoded samples again by their real lengths (an estimate may be off by a few tokens).
+    (:meth:`start_epoch`). The collator packs the decoded samples again by their real lengths (an
+    estimate may be off by a few tokens).
     """
 
     def __init__(
