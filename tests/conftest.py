@@ -70,11 +70,30 @@ def tiny_train_overrides(data: Path, out: Path, *extra: str) -> list[str]:
     return base + list(extra)
 
 
+def train_log(out: Path) -> list[dict]:
+    """The records of a run's ``train_log.jsonl``, one per logged step."""
+    import json
+
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def launch_overrides(data: Path) -> list[str]:
+    """Recipe overrides on configs/tiny-stage2.yaml for the multi-process launch tests: a new tiny
+    model trained on ``data`` for 3 steps (batch size and output directory left to the test)."""
+    return [
+        "model=null",
+        "init.preset=tiny",
+        f"data.json={data / 'train.json'}",
+        f"data.media_root={data}",
+        "data.num_frames=4",
+        "optim.lr=1e-3",
+        "optim.max_steps=3",
+    ]
+
+
 def whole_and_resumed(data: Path, tmp_path: Path, overrides: list[str], steps: int, cut_at: int) -> tuple[list, list]:
     """Train the tiny recipe (``overrides`` on top) once uninterrupted in-process, and once in 2
     DataLoader workers cut after ``cut_at`` steps and resumed; the two runs' log records."""
-    import json
-
     from storm_vlm.train import load_recipe, train
 
     def recipe(out: Path, *extra: str):
@@ -85,8 +104,4 @@ def whole_and_resumed(data: Path, tmp_path: Path, overrides: list[str], steps: i
     assert train(recipe(cut, "data.num_workers=2"), stop_after_steps=cut_at).final_dir is None
     resumed = train(recipe(cut, "data.num_workers=2"))
     assert resumed.steps == steps and resumed.final_dir is not None and resumed.final_dir.is_dir()
-
-    def records(out: Path) -> list:
-        return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-
-    return records(tmp_path / "whole"), records(cut)
+    return train_log(tmp_path / "whole"), train_log(cut)

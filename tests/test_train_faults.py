@@ -25,6 +25,7 @@ from storm_vlm.train.data import BadSample, DataError, LlavaVideoDataset, read_s
 from storm_vlm.train.recipe import RecipeError
 
 from .conftest import tiny_train_overrides as overrides
+from .conftest import train_log
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +35,7 @@ def recipe(data: Path, out: Path, *extra: str):
 
 
 def log_steps(out: Path) -> list[int]:
-    return [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return [r["step"] for r in train_log(out)]
 
 
 def bad_copy(data: Path, tmp_path: Path) -> Path:
@@ -196,8 +197,8 @@ def test_sigterm_and_sigint_write_a_checkpoint_and_the_same_command_resumes(data
 
     # the resumed run is the uninterrupted one, step by step
     train(load_recipe(recipe_file, [f"output_dir={tmp_path / 'whole'}"]))
-    whole = [json.loads(line)["loss"] for line in (tmp_path / "whole" / "train_log.jsonl").read_text().splitlines()]
-    cut = [json.loads(line)["loss"] for line in log.read_text().splitlines()]
+    whole = [r["loss"] for r in train_log(tmp_path / "whole")]
+    cut = [r["loss"] for r in train_log(out)]
     assert len(whole) == len(cut) == 16
     assert all(abs(a - b) <= 1e-6 for a, b in zip(whole, cut)), (whole, cut)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import json
 
 import pytest
 from rich.console import Console
@@ -12,7 +11,7 @@ from rich.console import Console
 from storm_vlm.train import load_recipe, train
 from storm_vlm.train.recipe import RecipeError
 
-from .conftest import tiny_train_overrides
+from .conftest import tiny_train_overrides, train_log
 
 SCALARS = ("loss", "accuracy", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "visual_tokens_per_sample")
 
@@ -31,7 +30,7 @@ def test_tensorboard_run_writes_every_scalar_at_every_step(data, tmp_path):
     assert result.steps == 4 and result.is_main_process
     events = EventAccumulator(str(out / "logs" / "storm-vlm"))
     events.Reload()
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    log = train_log(out)
     for name in SCALARS:
         written = events.Scalars(f"train/{name}")
         assert [e.step for e in written] == [1, 2, 3, 4], name

@@ -15,7 +15,7 @@ from storm_vlm.train import load_recipe, train
 from storm_vlm.train.recipe import RecipeError
 from storm_vlm.train.stages import configure_stage, module_of
 
-from .conftest import tiny_train_overrides
+from .conftest import launch_overrides, tiny_train_overrides, train_log
 
 
 def recipe(data, out, *overrides):
@@ -47,7 +47,7 @@ def test_stage1_freezes_vision_and_llm_stage2_trains_all(data, tmp_path):
     after2 = weights_by_module(s2.final_dir)
     for module in ("vision", "projector", "llm"):
         assert changed(after1[module], after2[module]), module
-    log = [json.loads(line) for line in (tmp_path / "s2" / "train_log.jsonl").read_text().splitlines()]
+    log = train_log(tmp_path / "s2")
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     assert all(k in log[0] for k in ("loss", "lr", "tokens_per_s", "samples_per_s", "accuracy"))
 
@@ -63,7 +63,7 @@ def test_resume_gives_the_same_losses(data, tmp_path):
     assert resumed.steps == 10
 
     def losses(path):
-        return {r["step"]: r["loss"] for r in map(json.loads, (path / "train_log.jsonl").read_text().splitlines())}
+        return {r["step"]: r["loss"] for r in train_log(path)}
 
     a, b = losses(tmp_path / "full"), losses(interrupted)
     assert sorted(b) == list(range(1, 11))
@@ -84,15 +84,7 @@ def test_lora_trains_adapters_and_saves_a_plain_model(data, tmp_path):
 
 def test_two_processes_match_one(data, tmp_path):
     """accelerate launch --num_processes 2 on CPU (gloo): same global batch, losses close."""
-    overrides = [
-        "model=null",
-        "init.preset=tiny",
-        f"data.json={data / 'train.json'}",
-        f"data.media_root={data}",
-        "data.num_frames=4",
-        "optim.lr=1e-3",
-        "optim.max_steps=3",
-    ]
+    overrides = launch_overrides(data)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "storm_vlm.cli", "train", "configs/tiny-stage2.yaml",
@@ -103,11 +95,8 @@ def test_two_processes_match_one(data, tmp_path):
         assert proc.stdout.count(line) == 1, proc.stdout
     train(load_recipe("configs/tiny-stage2.yaml", [*overrides, "optim.batch_size=4", f"output_dir={tmp_path / 'one'}"]))
 
-    def losses(path):
-        return [json.loads(line)["loss"] for line in (path / "train_log.jsonl").read_text().splitlines()]
-
-    two, one = losses(tmp_path / "ddp"), losses(tmp_path / "one")
-    records = [json.loads(line) for line in (tmp_path / "ddp" / "train_log.jsonl").read_text().splitlines()]
+    records = train_log(tmp_path / "ddp")
+    two, one = [r["loss"] for r in records], [r["loss"] for r in train_log(tmp_path / "one")]
     assert all(r["processes"] == 2 for r in records)  # really two processes, not one
     assert len(two) == len(one) == 3
     for a, b in zip(two, one):

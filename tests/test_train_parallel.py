@@ -12,7 +12,6 @@ loop relies on are checked. Real FSDP / ZeRO-3 sharding runs only on GPUs (see d
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -24,11 +23,9 @@ from safetensors.torch import load_file
 
 from storm_vlm.train import load_recipe, train
 
+from .conftest import launch_overrides, train_log
+
 CONFIGS = Path("configs/accelerate")
-
-
-def _losses(path: Path) -> list[dict]:
-    return [json.loads(line) for line in (path / "train_log.jsonl").read_text().splitlines()]
 
 
 def test_fsdp_config_on_two_cpu_processes_matches_one_process_and_saves_a_loadable_model(data, tmp_path):
@@ -37,15 +34,7 @@ def test_fsdp_config_on_two_cpu_processes_matches_one_process_and_saves_a_loadab
     config |= {"num_processes": 2, "use_cpu": True, "mixed_precision": "no"}  # the hardware, nothing else
     cpu_config = tmp_path / "fsdp_cpu.yaml"
     cpu_config.write_text(yaml.safe_dump(config))
-    overrides = [
-        "model=null",
-        "init.preset=tiny",
-        f"data.json={data / 'train.json'}",
-        f"data.media_root={data}",
-        "data.num_frames=4",
-        "optim.lr=1e-3",
-        "optim.max_steps=3",
-    ]
+    overrides = launch_overrides(data)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cpu_config),
            "-m", "storm_vlm.cli", "train", "configs/tiny-stage2.yaml",
            *overrides, "optim.batch_size=2", f"output_dir={tmp_path / 'fsdp'}"]  # fmt: skip
@@ -56,7 +45,7 @@ def test_fsdp_config_on_two_cpu_processes_matches_one_process_and_saves_a_loadab
         load_recipe("configs/tiny-stage2.yaml", [*overrides, "optim.batch_size=4", f"output_dir={tmp_path / 'one'}"])
     )
 
-    sharded, single = _losses(tmp_path / "fsdp"), _losses(tmp_path / "one")
+    sharded, single = train_log(tmp_path / "fsdp"), train_log(tmp_path / "one")
     # FSDP on GPUs; on CPU accelerate runs the FSDP launch as DDP over gloo (see the module docstring)
     expected = "FSDP" if torch.cuda.is_available() else "MULTI_CPU"
     assert all(r["processes"] == 2 and r["distributed"] == expected for r in sharded), sharded
