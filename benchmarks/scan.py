@@ -213,7 +213,6 @@ def main() -> None:
         return r[key] if isinstance(r, dict) else None
 
     print("\nTargets (ours-fast):")
-    checks = []
     big = max(lengths)
     for label, length, mode, baseline_impls, factor in (
         (f"fwd at L={big} vs transformers", big, "fwd", ["transformers"], 10),
@@ -228,7 +227,6 @@ def main() -> None:
             print(f"  {label}: not measured")
             continue
         ratio = min(bases) / ours
-        checks.append(ratio >= factor)
         ours_cpu = t(length, mode, "ours-fast", "cpu_seconds")
         cpu_bases = [b for b in (t(length, mode, i, "cpu_seconds") for i in baseline_impls) if b is not None]
         cpu = f"; CPU time {min(cpu_bases) / ours_cpu:.1f}x" if ours_cpu and cpu_bases else ""
