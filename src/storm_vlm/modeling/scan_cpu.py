@@ -315,6 +315,7 @@ if _NUMBA:
         for p in prange(parts):
             hs = np.zeros((chunk + 1, nstate, LANES), np.float32)  # hs[i + 1]: the state after step i
             es = np.zeros((chunk, nstate, LANES), np.float32)  # Ā of step i
+            yb = np.zeros((chunk, LANES), np.float32)  # C_t h_t of step i
             hx = np.zeros((nstate, LANES), np.float32)  # dL/dh carried backwards in time
             a = np.zeros((nstate, LANES), np.float32)
             a2 = np.zeros((nstate, LANES), np.float32)
@@ -358,34 +359,34 @@ if _NUMBA:
                             for n in range(nstate):
                                 for j in range(w):
                                     hs[0, n, j] = ckpt[b, c, n, d0 + j]
-                            for i in range(cl):  # recompute the chunk's states and Ā from its checkpoint
+                            for i in range(cl):  # recompute the chunk's states, Ā and C h from its checkpoint
                                 t = base + step * (cs + i)
                                 for j in range(LANES):
                                     raw = db[o0 + i, j] + bv[j]
                                     dt = _softplus(raw) if softplus else raw
                                     dtb[o0 + i, j] = dt
                                     dtu[j] = dt * ub[o0 + i, j]
+                                    y[j] = _ZERO
                                 for n in range(nstate):
                                     bn = Bt[b, g, t, n]
+                                    cn = Ct[b, g, t, n]
                                     for j in range(LANES):
                                         e = _exp2(dtb[o0 + i, j] * a2[n, j])
                                         es[i, n, j] = e
-                                        hs[i + 1, n, j] = e * hs[i, n, j] + dtu[j] * bn
+                                        hv = e * hs[i, n, j] + dtu[j] * bn
+                                        hs[i + 1, n, j] = hv
+                                        y[j] += hv * cn
+                                for j in range(LANES):
+                                    yb[i, j] = y[j]
                             for i in range(cl - 1, -1, -1):  # adjoint recurrence, backwards in time
                                 t = base + step * (cs + i)
-                                if has_z:
-                                    y[:] = 0
-                                    for n in range(nstate):
-                                        cn = Ct[b, g, t, n]
-                                        for j in range(LANES):
-                                            y[j] += hs[i + 1, n, j] * cn
                                 for j in range(LANES):
                                     ut = ub[o0 + i, j]
                                     go = gb[o0 + i, j]
                                     if has_z:
                                         zz = zb[o0 + i, j]
                                         sg = _sigmoid(zz)
-                                        o = y[j] + dv[j] * ut
+                                        o = yb[i, j] + dv[j] * ut
                                         dzb[o0 + i, j] = go * o * sg * (_ONE + zz * (_ONE - sg))
                                         go = go * zz * sg
                                     gov[j] = go
