@@ -9,8 +9,10 @@ and the general path (``MambaMixer.fused_cpu = False``: mkldnn's depthwise conv,
 copies for the backward branch, the scan's autograd entry, the mean), alternating call by call so
 that the machine's slow spells fall on both; the median of ``--repeat`` calls each. Then the
 module's GEMMs alone (in_proj, out_proj, and per direction x_proj and dt_proj, at the module's
-shapes and layouts, every layer): the floor that no scan or conv work can go below, and the
-rate they run at, to compare with the LLM's.
+shapes and layouts, every layer), twice: through oneDNN as the fused path runs them, and through
+torch's mm (MKL) as the general path does. That is the floor no scan or conv work can go below,
+and the rate it runs at. The process keeps freed memory mapped, as ``storm-vlm`` does
+(``STORM_MALLOC=system`` for glibc's defaults; benchmarks/heap.py compares the two).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from collections.abc import Callable
 
 import torch
 
+from storm_vlm.heap import keep_freed_memory
+from storm_vlm.modeling import onednn
 from storm_vlm.modeling.mamba import MambaMixer
 from storm_vlm.modeling.temporal import TemporalEncoder
 from storm_vlm.presets import preset_config
@@ -45,6 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     if not (1 <= args.frames <= 1024 and 1 <= args.repeat <= 100):
         parser.error("--frames must be 1 to 1024 and --repeat 1 to 100")
+    kept = keep_freed_memory()  # as the `storm-vlm` command does
     torch.manual_seed(0)
     config = preset_config(args.preset)
     encoder = TemporalEncoder(config).eval()
@@ -64,20 +69,30 @@ def main() -> None:
     w_out, y = torch.randn(d, e), torch.randn(1, e, length)
     w_x, w_dt, u = torch.randn(r + 2 * n, e), torch.randn(e, r), torch.randn(1, e, length)
 
-    def gemms() -> None:
+    def gemms_mkl() -> None:  # the general path's GEMMs: torch's fp32 mm (MKL)
         for _ in range(config.temporal_layers):
             w_in @ h.T  # in_proj into (2E, L)
             for _ in range(directions):
                 proj = torch.nn.functional.linear(u.transpose(1, 2), w_x)  # x_proj
-                w_dt @ proj[..., :r].transpose(1, 2)  # dt_proj
+                torch.matmul(w_dt[None], proj[..., :r].transpose(1, 2))  # dt_proj
             torch.nn.functional.linear(y.transpose(1, 2), w_out)  # out_proj
+
+    def gemms_onednn() -> None:  # the fused path's: in_proj, dt_proj and out_proj through oneDNN
+        for _ in range(config.temporal_layers):
+            onednn.matmul_nt(w_in, h)
+            for _ in range(directions):
+                proj = torch.nn.functional.linear(u.transpose(1, 2), w_x)
+                onednn.batched_matmul_nt(w_dt, proj[..., :r])
+            onednn.batched_matmul_nt(y.transpose(1, 2), w_out)
 
     with torch.inference_mode():
         fused_out, general_out = run(True), run(False)  # warm-up (numba compiles or loads its cache)
         diff = float((fused_out - general_out).abs().max())
-        gemms()
+        gemms_mkl()
+        gemms_onednn()
         t = _median_interleaved(
-            {"fused": lambda: run(True), "general": lambda: run(False), "gemms": gemms}, args.repeat
+            {"fused": lambda: run(True), "general": lambda: run(False), "mkl": gemms_mkl, "onednn": gemms_onednn},
+            args.repeat,
         )
     gemm_flops = config.temporal_layers * (
         2 * length * d * 2 * e + 2 * length * e * d + directions * 2 * length * (e * (r + 2 * n) + r * e)
@@ -87,9 +102,11 @@ def main() -> None:
           f"d_inner {e}, d_state {n}; median of {args.repeat}")  # fmt: skip
     print(f"  general path  {t['general']:.3f} s")
     print(f"  fused path    {t['fused']:.3f} s   ({t['general'] / t['fused']:.2f}x; max abs difference {diff:.1e})")
-    rate = gemm_flops / t["gemms"] / 1e9
-    print(f"  GEMMs alone   {t['gemms']:.3f} s   ({gemm_flops / 1e9:.1f} GFLOP at {rate:.0f} GFLOP/s; "
-          f"{t['gemms'] / t['fused']:.0%} of the fused path)")  # fmt: skip
+    for key, label, path in (("onednn", "GEMMs, oneDNN", "fused"), ("mkl", "GEMMs, MKL  ", "general")):
+        rate = gemm_flops / t[key] / 1e9
+        print(f"  {label}  {t[key]:.3f} s   ({gemm_flops / 1e9:.1f} GFLOP at {rate:.0f} GFLOP/s; "
+              f"{t[key] / t[path]:.0%} of the {path} path)")  # fmt: skip
+    print(f"  malloc: {'freed memory kept (storm_vlm.heap)' if kept else 'glibc defaults (STORM_MALLOC=system)'}")
 
 
 if __name__ == "__main__":

@@ -147,3 +147,42 @@ def test_conv_silu_kernel_is_the_causal_conv_and_its_mirror(length):
     mirror = causal_conv1d(x.flip(-1), w, b).flip(-1)  # what the backward branch computes
     got = conv_silu_arrays(x.numpy(), w.numpy(), b.numpy(), reverse=True)
     torch.testing.assert_close(torch.from_numpy(got), mirror, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "a_shape, b_shape, a_view, b_view",
+    [
+        ((70, 33), (45, 33), "plain", "plain"),
+        ((70, 33), (45, 60), "transposed", "column slice"),  # out_proj's y[b].T, dt_proj's Δ slice
+        ((1, 70, 33), (45, 33), "plain", "plain"),
+        ((45, 33), (3, 70, 33), "plain", "plain"),
+    ],
+)
+def test_onednn_matmul_nt_equals_torch(a_shape, b_shape, a_view, b_view):
+    """The fused path's GEMMs (in_proj, dt_proj, out_proj) against ``a @ b.T``, in the layouts
+    the mixer passes: a transposed view read in place, a strided slice, batched either side."""
+    from storm_vlm.modeling import onednn
+
+    a = (
+        torch.randn(*a_shape[:-2], a_shape[-1], a_shape[-2]).transpose(-1, -2)
+        if a_view == "transposed"
+        else torch.randn(a_shape)
+    )
+    b = torch.randn(b_shape)[..., : a.shape[-1]] if b_view == "column slice" else torch.randn(b_shape)
+    expected = a @ b.transpose(-1, -2)
+    got = onednn.batched_matmul_nt(a, b) if a.dim() == 3 or b.dim() == 3 else onednn.matmul_nt(a, b)
+    torch.testing.assert_close(got, expected)
+    assert got.is_contiguous()
+
+
+def test_onednn_is_what_runs_on_x86_and_bad_shapes_are_refused():
+    import platform
+
+    from storm_vlm.modeling import onednn
+
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert onednn.available()  # else the fused path would silently fall back to MKL's half speed
+    with pytest.raises(ValueError, match="matmul_nt needs"):
+        onednn.matmul_nt(torch.randn(3, 4), torch.randn(5, 6))
+    wide = onednn.matmul_nt(torch.randn(3, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64))
+    assert wide.dtype == torch.float64 and wide.shape == (3, 5)  # not fp32: plain torch

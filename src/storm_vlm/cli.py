@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .heap import keep_freed_memory
 from .limits import (
     MAX_BENCH_REPEAT,
     MAX_EVAL_BATCH_SIZE,
@@ -580,8 +581,15 @@ def main(argv: list[str] | None = None) -> None:
 
     Click's own usage errors (a value out of range, an unknown option) are one line too, instead
     of Typer's framed panel: ``error: <what> (see `storm-vlm CMD --help`)``. ``argv`` defaults to
-    ``sys.argv[1:]`` (tests pass their own).
+    ``sys.argv[1:]``; only then, as the process's own entry, is malloc tuned (:mod:`.heap`): tests
+    that pass their own run in the test process and leave its allocator alone.
     """
+    if argv is None:
+        try:
+            keep_freed_memory()
+        except ValueError as err:  # a bad STORM_MALLOC
+            _print_error(str(err))
+            sys.exit(EXIT_USER_ERROR)
     _quiet_transformers()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .model_dir import ModelLoadError

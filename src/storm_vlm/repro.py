@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from .heap import keep_freed_memory
+
 __all__ = [
     "FULL",
     "QUICK",
@@ -283,6 +285,7 @@ def _train_job(
 
     hf_logging.set_verbosity_error()  # a spawned worker does not inherit the CLI's settings
     hf_logging.disable_progress_bar()
+    keep_freed_memory()
     torch.set_num_threads(1)
     numba.set_num_threads(1)
     record = work / f"{name}-seed{seed}" / "train_seconds.json"
