@@ -4,8 +4,8 @@ glibc's malloc serves every block over 32 MiB with its own ``mmap`` and unmaps i
 A model's activations at 128 frames are such blocks (in_proj's output alone is 84 MiB in the
 small preset), allocated and freed on every layer, so each one's pages are faulted in afresh,
 inside the GEMM or kernel that first writes them, by all its threads at once. Measured side by
-side (``benchmarks/heap.py``, small preset, 128 frames, 2-core CPU): end to end 1.10x faster,
-the Mamba module 1.08x, for a peak RSS 28 % higher (docs/bench/cpu-scan.md).
+side (``benchmarks/heap.py``, small preset, 128 frames, 2-core CPU): end to end 1.08-1.10x faster,
+the Mamba module 1.08-1.28x, for a peak RSS 28-29 % higher (docs/bench/cpu-scan.md).
 
 What PyTorch's CPU tuning guides get by preloading jemalloc or tcmalloc, done in-process with
 ``mallopt``: no block is ``mmap``-ed, and the heap's free top is not given back to the system
