@@ -11,6 +11,7 @@ torch build), :func:`matmul_nt` is ``a @ b.T``.
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 
 def available() -> bool:
@@ -27,7 +28,13 @@ def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"matmul_nt needs (M, K) and (N, K), got {tuple(a.shape)} and {tuple(b.shape)}")
-    if not available() or a.device.type != "cpu" or a.dtype != torch.float32 or b.dtype != torch.float32:
+    if (
+        not available()
+        or a.device.type != "cpu"
+        or a.dtype != torch.float32
+        or b.dtype != torch.float32
+        or _get_current_dispatch_mode() is not None  # e.g. FlopCounterMode: it counts aten.mm, not oneDNN's op
+    ):
         return a @ b.T
     if a.stride(0) != 1 and a.stride(1) != 1:  # neither row- nor column-major
         a = a.contiguous()
