@@ -441,12 +441,13 @@ class MambaMixer(nn.Module):
         # One GEMM straight into the (2E, B·L) layout, as mamba_ssm does: the conv and the scan then
         # read each channel contiguously, where in_proj(h).transpose(1, 2) would be copied first.
         batch, length, width = hidden_states.shape
-        fused = state is None and not return_state and self.fused_cpu and _fused_cpu_applies(self, hidden_states)
+        streaming = state is not None or return_state
+        fused = not streaming and self.fused_cpu and _fused_cpu_applies(self, hidden_states)
         tokens = hidden_states.reshape(batch * length, width)
         # (2E, B·L); the fused path's GEMMs go through oneDNN, 2x MKL's speed on CPU (onednn.py)
         xz = onednn.matmul_nt(self.in_proj.weight, tokens) if fused else self.in_proj.weight @ tokens.T
         x, z = xz.view(-1, batch, length).transpose(0, 1).chunk(2, dim=1)  # (B, E, L) each
-        if state is not None or return_state:
+        if streaming:
             if self.backward_branch is not None:
                 raise ValueError("a bidirectional mixer cannot stream: it needs the whole sequence")
             y, new_state = self.forward_branch(x, z, state, return_state=True)
@@ -454,11 +455,10 @@ class MambaMixer(nn.Module):
         if fused:
             y = self._branches_fused_cpu(x, z)
             return onednn.batched_matmul_nt(y.transpose(1, 2), self.out_proj.weight)  # (B, L, D)
-        else:
-            y = self.forward_branch(x, z)
-            if self.backward_branch is not None:
-                y_back = self.backward_branch(x.flip(-1), z.flip(-1)).flip(-1)
-                y = (y + y_back) / 2
+        y = self.forward_branch(x, z)
+        if self.backward_branch is not None:
+            y_back = self.backward_branch(x.flip(-1), z.flip(-1)).flip(-1)
+            y = (y + y_back) / 2
         return self.out_proj(y.transpose(1, 2).to(hidden_states.dtype))
 
     @torch.no_grad()
